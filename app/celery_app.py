@@ -1,0 +1,81 @@
+"""Celery wiring, after Flask's documented pattern (``celery_init_app``).
+
+Every task runs inside the Flask application context. A task that belongs to
+a task type first checks its record: a task whose submit never completed, or
+that was cancelled, does not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject
+from flask import Flask
+
+from app import records
+from app.extensions import store
+from app.lease import Lease
+
+log = logging.getLogger(__name__)
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery application for ``app`` and keep it in ``app.extensions``."""
+
+    class FlaskTask(Task):
+        errand_record = False
+
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                if self.errand_record and not self.request.called_directly:
+                    begin(self)
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.steps["worker"].add(Lease)
+    celery_app.flask_app = app  # type: ignore[attr-defined]
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def begin(task: Task) -> None:
+    """Let the task run only if its record exists and holds no cancel."""
+    task_id = task.request.id
+    deadline = int(getattr(task.request, "errand_deadline", 0) or 0)
+    while True:
+        try:
+            verdict = records.begin(store(), task_id, deadline)
+        except redis.RedisError as exc:
+            # The record store is unreachable: put the message back rather
+            # than run a task whose cancel we cannot see, or lose it.
+            log.warning("task %s: record store unreachable (%s); requeued", task_id, exc)
+            time.sleep(1)
+            raise Reject(str(exc), requeue=True) from exc
+        if verdict == "run":
+            return
+        if verdict == "revoked":
+            log.info("task %s was cancelled before it started", task_id)
+            task.backend.mark_as_revoked(task_id, "cancelled", request=task.request)
+            raise Ignore()
+        if verdict == "orphan":
+            log.warning("task %s has no record: its submit failed; dropped", task_id)
+            task.backend.forget(task_id)
+            raise Ignore()
+        time.sleep(0.02)  # 'wait': the API is writing the record right now
+
+
+def celery_of(app: Flask) -> Celery:
+    """The Celery application created for ``app``."""
+    celery_app: Celery = app.extensions["celery"]
+    return celery_app
+
+
+def task_headers(**values: Any) -> dict[str, Any]:
+    """Message headers that reach ``task.request`` in the worker."""
+    return {f"errand_{name}": value for name, value in values.items()}

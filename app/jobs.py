@@ -1,0 +1,125 @@
+"""What a client can do with a job: submit, read, cancel, list.
+
+Round trips to Redis, per call:
+- ``submit``: two, the broker publish and one script that writes the record and
+  its indexes (the publish comes first, see ``submit``).
+- ``status``: one pipeline (the record and Celery's result).
+- ``cancel``: a status read, one script, Celery's store of ``REVOKED`` and the
+  revoke broadcast.
+- ``list_tasks``: one pipeline per page of the index, plus one for the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery.exceptions import CeleryError
+from flask import current_app, g
+from kombu.exceptions import KombuError
+
+from app import records
+from app.celery_app import celery_of, task_headers
+from app.errors import AlreadyFinal, BrokerUnavailable, TaskNotFound
+from app.extensions import store
+from app.tasktypes import TaskType
+
+log = logging.getLogger(__name__)
+
+# What publishing can raise when the broker is down or hung: kombu wraps
+# connection errors in its OperationalError, redis-py and sockets raise their own.
+UNREACHABLE = (KombuError, CeleryError, redis.RedisError, OSError)
+
+
+def submit(task_type: TaskType, params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Hand a job to the broker and record it; 503 if either does not answer.
+
+    The message is published first and the record written second, by a script
+    that refuses to write once Redis's clock has passed the submit's deadline.
+    A worker that receives a message with no record waits until that deadline,
+    then drops it. So a submit that answers 503 leaves neither a record nor a
+    job that runs, even when a hung Redis applies its commands late.
+    """
+    task_id = str(uuid.uuid4())
+    created = time.time()
+    deadline_us = int((created + current_app.config["SUBMIT_DEADLINE"]) * 1_000_000)
+    headers = task_headers(deadline=deadline_us, request_id=g.get("request_id", ""))
+    try:
+        task_type.task.apply_async(args=[params], task_id=task_id, headers=headers, **options)
+    except UNREACHABLE as exc:
+        log.warning("submit %s: broker unreachable: %r", task_id, exc)
+        raise BrokerUnavailable("the broker did not accept the task") from exc
+    try:
+        written = records.create(store(), task_id, task_type.name, created, deadline_us)
+    except redis.RedisError as exc:
+        log.warning("submit %s: record store unreachable: %r", task_id, exc)
+        written = False
+    if not written:
+        if time.time() * 1_000_000 < deadline_us:
+            log.error("submit %s: Redis's clock is past the deadline: check clock skew", task_id)
+        raise BrokerUnavailable("the task store did not answer in time")
+    record = {"task": task_type.name, "created_at": records.isotime(created), "retries": "0"}
+    return records.resource(task_id, record, None)
+
+
+def status(task_id: str) -> dict[str, Any]:
+    """The task resource, or 404 for an id this API did not issue or has forgotten."""
+    try:
+        (found,) = records.read(store(), [task_id])
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
+    if found is None:
+        raise TaskNotFound(f"no task {task_id}")
+    return records.resource(task_id, *found)
+
+
+def cancel(task_id: str) -> dict[str, Any]:
+    """Cancel a task: kept in its record, stored as ``REVOKED``, and stopped where it runs."""
+    task = status(task_id)
+    if task["state"] in records.FINAL_STATES:
+        raise AlreadyFinal(f"task {task_id} is already {task['state']}")
+    celery_app = celery_of(current_app)
+    try:
+        records.revoke(store(), task_id)
+        celery_app.backend.mark_as_revoked(task_id, "cancelled by the client")
+        # terminate=True also stops a task that started in the meantime; a
+        # worker that is down now sees the cancel in the record when it starts.
+        celery_app.control.revoke(task_id, terminate=True)
+    except UNREACHABLE as exc:
+        raise BrokerUnavailable(f"could not cancel: {exc}") from exc
+    return status(task_id)
+
+
+def list_tasks(
+    state: str | None, task_name: str | None, limit: int, cursor: tuple[int, str] | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of tasks, newest first, and the cursor of the next page."""
+    client = store()
+    index = records.type_index(task_name) if task_name else records.INDEX
+    batch = limit if state is None else 200
+    budget = 1000  # index entries read per request, so a rare state cannot stall it
+    items: list[dict[str, Any]] = []
+    last: tuple[int, str] | None = cursor
+    try:
+        while budget > 0:
+            want = min(batch, budget)
+            rows = records.scan(client, index, last, want)
+            budget -= len(rows)
+            found = records.read(client, [task_id for _, task_id in rows])
+            for row, hit in zip(rows, found, strict=True):
+                last = row
+                if hit is None:
+                    continue  # expired; the beat job prunes the index
+                task = records.resource(row[1], *hit)
+                if state is None or task["state"] == state:
+                    items.append(task)
+                    if len(items) == limit:
+                        return items, records.encode_cursor(*row)
+            if len(rows) < want:
+                return items, None
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
+    return items, records.encode_cursor(*last) if last else None

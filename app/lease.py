@@ -1,0 +1,93 @@
+"""Leases on the messages a live worker holds, and the worker's heartbeat.
+
+On Redis, kombu keeps each delivered, unacknowledged message in the
+``unacked_index`` sorted set, scored by delivery time, and any worker puts a
+message back on its queue once that score is older than
+``visibility_timeout``. Errand keeps that timeout short, so that the jobs of a
+worker killed with ``kill -9`` come back within about two minutes, and renews
+the score of every message a live worker still holds (running, prefetched, or
+waiting for its countdown) from a thread with its own Redis connection. A job
+on a live worker is therefore never delivered twice, however long it runs or
+waits.
+
+The same thread records the worker's heartbeat, which ``/readyz`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, ClassVar
+
+from celery import bootsteps
+
+from app.extensions import connect
+from app.records import WORKERS
+
+log = logging.getLogger(__name__)
+
+
+def held_tags(worker: Any) -> list[str]:
+    """Delivery tags of the messages this worker's consumer holds unacknowledged."""
+    consumer = getattr(worker, "consumer", None)
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is None:
+        return []
+    delivered = task_consumer.channel.qos._delivered
+    for _ in range(5):
+        try:
+            return list(delivered)
+        except RuntimeError:  # changed size while being copied: read it again
+            continue
+    return []
+
+
+class Lease(bootsteps.StartStopStep):
+    """Worker bootstep: renews message leases and the heartbeat on a timer thread."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Consumer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        self.thread = threading.Thread(
+            target=self.run, args=(worker,), name="errand-lease", daemon=True
+        )
+        self.thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self.stopping.set()
+
+    shutdown = stop
+
+    def run(self, worker: Any) -> None:
+        app = worker.app
+        flask_app = app.flask_app
+        conf = app.conf
+        interval = flask_app.config["LEASE_INTERVAL"]
+        timeout = flask_app.config["REDIS_TIMEOUT"]
+        redis_broker = app.connection_for_read().transport.driver_type == "redis"
+        options = conf.broker_transport_options or {}
+        index_key = options.get("global_keyprefix", "") + options.get(
+            "unacked_index_key", "unacked_index"
+        )
+        broker = connect(conf.broker_url, timeout) if redis_broker else None
+        results = flask_app.extensions["errand.redis"]
+        while True:
+            try:
+                tags = held_tags(worker) if broker is not None else []
+                now = time.time()
+                if tags and broker is not None:
+                    broker.zadd(index_key, dict.fromkeys(tags, now), xx=True)
+                results.zadd(WORKERS, {worker.hostname: now})
+            except Exception as exc:  # keep renewing: a blip must not end the leases
+                log.warning("lease renewal failed: %s", exc)
+            if self.stopping.wait(interval):
+                break
+        try:
+            results.zrem(WORKERS, worker.hostname)
+        except Exception as exc:  # the heartbeat then ages out on its own
+            log.warning("could not remove heartbeat: %s", exc)

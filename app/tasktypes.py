@@ -1,0 +1,79 @@
+"""Task types: the jobs a client may submit by name.
+
+One declaration gives a task type its Celery task, its validation and the JSON
+Schema listed at ``/api/v1/task-types``::
+
+    class Resize(Params):
+        image_url: HttpUrl
+        width: int = Field(ge=1, le=4096)
+
+    @task_type("images.resize", Resize, max_retries=3)
+    def resize(params: Resize) -> dict:
+        ...
+        return {"width": params.width}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from celery import Task, current_task, shared_task
+from pydantic import BaseModel, ConfigDict
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class Params(BaseModel):
+    """Base of every params model: JSON types only, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """A submittable job: its name, what it does, its params model and its Celery task."""
+
+    name: str
+    description: str
+    params: type[BaseModel]
+    task: Task
+
+    def schema(self) -> dict[str, Any]:
+        """The task type as ``/api/v1/task-types`` lists it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params_schema": self.params.model_json_schema(),
+        }
+
+
+registry: dict[str, TaskType] = {}
+
+
+def task_type(
+    name: str, params: type[P], **celery_options: Any
+) -> Callable[[Callable[[P], Any]], TaskType]:
+    """Declare a task type from a function that takes its validated params."""
+
+    def declare(func: Callable[[P], Any]) -> TaskType:
+        def run(self: Task, raw: dict[str, Any]) -> Any:
+            return func(params.model_validate(raw))
+
+        run.__name__ = func.__name__
+        run.__doc__ = func.__doc__
+        task = shared_task(name=name, bind=True, errand_record=True, **celery_options)(run)
+        description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
+        declared = TaskType(name, description, params, task)
+        registry[name] = declared
+        return declared
+
+    return declare
+
+
+def report_progress(current: int, total: int, message: str = "") -> None:
+    """Store the running task's progress as Celery's ``PROGRESS`` state."""
+    current_task.update_state(
+        state="PROGRESS", meta={"current": current, "total": total, "message": message}
+    )

@@ -1,0 +1,143 @@
+"""Errand's settings, read from environment variables once, at start-up.
+
+Every setting is listed in the README with its default. ``load()`` is the only
+place that reads the environment; the application factory calls it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or has a value Errand cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be above 0, not {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the Flask configuration (with a ``CELERY`` section) for this environment."""
+    env = os.environ if environ is None else environ
+    errand_env = env.get("ERRAND_ENV", "development")
+    if errand_env not in {"development", "production"}:
+        raise ConfigError(f"ERRAND_ENV must be development or production, not {errand_env!r}")
+    production = errand_env == "production"
+
+    secret_key = env.get("SECRET_KEY", "")
+    if production and not secret_key:
+        raise ConfigError("SECRET_KEY must be set when ERRAND_ENV=production")
+
+    redis_url = env.get("REDIS_URL", "redis://localhost:6379/0")
+    broker_url = env.get("CELERY_BROKER_URL") or redis_url
+    result_url = env.get("CELERY_RESULT_BACKEND") or redis_url
+    if not result_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            "CELERY_RESULT_BACKEND must be a redis:// or rediss:// URL: "
+            "Errand keeps its task records beside the results"
+        )
+
+    retention = _int(env, "TASK_RETENTION", 7 * 24 * 3600, low=60)
+    visibility = _int(env, "VISIBILITY_TIMEOUT", 60, low=4)
+    timeout = _float(env, "REDIS_TIMEOUT", 1.5)
+    restore_interval = max(1, visibility // 6)
+
+    transport = {
+        "visibility_timeout": visibility,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "unacked_restore_interval": restore_interval,
+        "unacked_restore_throttle": 1,
+    }
+    celery = {
+        "broker_url": broker_url,
+        # Our subclass of Celery's Redis backend also closes task records.
+        "result_backend": f"app.results:ResultStore+{result_url}",
+        "result_expires": retention,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "redis_socket_timeout": timeout,
+        "redis_socket_connect_timeout": timeout,
+        "redis_retry_on_timeout": True,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": timeout,
+        "visibility_timeout": visibility,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": _int(env, "WORKER_PREFETCH_MULTIPLIER", 1, low=1),
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_publish_retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+        "beat_schedule_filename": env.get("BEAT_SCHEDULE_FILE", "celerybeat-schedule"),
+        "beat_schedule": {
+            "prune-task-index": {
+                "task": "errand.prune_index",
+                "schedule": float(_int(env, "PRUNE_INTERVAL", 3600, low=1)),
+            },
+        },
+        "timezone": "UTC",
+    }
+    return {
+        "ERRAND_ENV": errand_env,
+        "SECRET_KEY": secret_key or "dev-only-not-secret",
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024, low=1024),
+        "REDIS_URL": result_url,
+        "REDIS_TIMEOUT": timeout,
+        "TASK_RETENTION": retention,
+        "VISIBILITY_TIMEOUT": visibility,
+        "LEASE_INTERVAL": max(1.0, visibility / 4),
+        "SUBMIT_DEADLINE": 4.0,
+        "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
+        "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
+        "MAIL_PORT": _int(env, "MAIL_PORT", 1025, low=1),
+        "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
+        "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
+        "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
+        "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
+        "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "errand@localhost"),
+        "CELERY": celery,
+    }
