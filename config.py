@@ -132,6 +132,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LEASE_INTERVAL": max(1.0, visibility / 4),
         "SUBMIT_DEADLINE": 4.0,
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
+        "TASK_MODULES": [m.strip() for m in env.get("TASK_MODULES", "").split(",") if m.strip()],
         "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
         "MAIL_PORT": _int(env, "MAIL_PORT", 1025, low=1),
         "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from flask import Flask
@@ -18,6 +19,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
 
+    for module in app.config["TASK_MODULES"]:
+        importlib.import_module(module)  # a team's own task types
     log.init_app(app)
     extensions.init_app(app)
     celery_init_app(app)

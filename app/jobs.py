@@ -48,7 +48,9 @@ def submit(task_type: TaskType, params: dict[str, Any], options: dict[str, Any])
     deadline_us = int((created + current_app.config["SUBMIT_DEADLINE"]) * 1_000_000)
     headers = task_headers(deadline=deadline_us, request_id=g.get("request_id", ""))
     try:
-        task_type.task.apply_async(args=[params], task_id=task_id, headers=headers, **options)
+        celery_of(current_app).tasks[task_type.name].apply_async(
+            args=[params], task_id=task_id, headers=headers, **options
+        )
     except UNREACHABLE as exc:
         log.warning("submit %s: broker unreachable: %r", task_id, exc)
         raise BrokerUnavailable("the broker did not accept the task") from exc

@@ -46,7 +46,7 @@ def held_tags(worker: Any) -> list[str]:
 class Lease(bootsteps.StartStopStep):
     """Worker bootstep: renews message leases and the heartbeat on a timer thread."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.components:Consumer"}
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         self.stopping = threading.Event()
@@ -64,6 +64,12 @@ class Lease(bootsteps.StartStopStep):
     shutdown = stop
 
     def run(self, worker: Any) -> None:
+        try:
+            self.renew(worker)
+        except Exception:
+            log.exception("lease thread stopped")
+
+    def renew(self, worker: Any) -> None:
         app = worker.app
         flask_app = app.flask_app
         conf = app.conf
