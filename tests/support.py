@@ -1,0 +1,139 @@
+"""Real processes for the tests: Redis servers, Celery workers and gunicorn.
+
+Every process starts in its own session, so that stopping it stops its
+children too, and every one is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app.devstack import free_port, redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something true; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s waiting for {check}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process in its own session, stopped with its whole group."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.command, self.log, self.env = command, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the group is left
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
+
+class RedisServer(Process):
+    """A private redis-server on a free port (never the machine's shared one)."""
+
+    def __init__(self, workdir: Path, aof: bool = False) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        command = [
+            redis_server_binary(),
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(workdir)),
+            *("--save", "", "--appendonly", "yes" if aof else "no"),
+            *("--appendfsync", "always"),
+        ]
+        super().__init__(command, workdir / "redis.log")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(self.ping, 10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+
+def errand_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of Errand processes under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "ERRAND_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        VISIBILITY_TIMEOUT="4",
+        TASK_MODULES="tests.tasktypes",
+        PYTHONPATH=str(ROOT),
+        LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+class Worker(Process):
+    """``celery -A worker:celery_app worker`` as a real subprocess."""
+
+    def __init__(self, env: dict[str, str], log: Path, name: str, concurrency: int = 2) -> None:
+        command = [
+            str(BIN / "celery"),
+            *("-A", "worker:celery_app", "worker", "-P", "prefork", "-c", str(concurrency)),
+            *("-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"),
+        ]
+        super().__init__(command, log, env)
+
+    def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        super().start()
+        wait_for(lambda: b" ready." in self.log.read_bytes()[offset:], 60, 0.1)
