@@ -6,6 +6,7 @@ children too, and every one is stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,14 +64,10 @@ class Process:
             return
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the group is left
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def kill(self) -> None:

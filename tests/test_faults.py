@@ -1,0 +1,163 @@
+"""Faults on real processes: a broker that dies or hangs, workers killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import make_app, runs, settle, submit, wait_state
+from tests.support import BIN, Process, errand_env, wait_for
+
+
+def queued(server: Any) -> int:
+    client = server.client()
+    return sum(
+        int(client.llen(key)) for key in client.scan_iter("celery*") if client.type(key) == b"list"
+    )
+
+
+def test_submit_with_redis_killed_is_503_then_recovers(stack: Any) -> None:
+    server = stack("redis", aof=True)
+    client = make_app(server.url).test_client()
+    submit(client, "test.echo", {"value": 1})  # warm connections, as in a live API
+    server.kill()
+
+    started = time.monotonic()
+    response = client.post("/api/v1/tasks", json={"task": "test.echo", "params": {"value": 2}})
+    assert time.monotonic() - started < 5
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Retry-After"]
+
+    server.start()  # same port, same append-only file
+    assert server.client().zcard("errand:index") == 1  # only the submit that succeeded
+    assert queued(server) == 1
+    url = submit(client, "test.echo", {"value": 3})  # no restart needed
+    assert client.get(url).json["state"] == "PENDING"
+
+
+def test_submit_with_redis_hung_is_503_and_leaves_nothing(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    client = make_app(server.url).test_client()
+    warm = submit(client, "test.echo", {"value": 1}).rsplit("/", 1)[-1]
+    server.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = client.post(
+            "/api/v1/tasks", json={"task": "test.sleep", "params": {"seconds": 0}}
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        server.signal(signal.SIGCONT)
+    assert response.status_code == 503, response.json
+    assert elapsed < 5
+    assert response.headers["Retry-After"]
+    # Redis now applies whatever the timed-out submit had sent: no record may appear,
+    # and a message that lands late is dropped by the worker, never run.
+    settle(0.5)
+    store = server.client()
+    assert store.zcard("errand:index") == 1
+    assert store.keys("errand:task:*") and len(store.keys("errand:task:*")) == 1
+    stack("worker", errand_env(server.url), tmp_path / "w.log", "hung")
+    wait_for(lambda: queued(server) == 0 and not store.hlen("unacked"), 20)
+    settle(1)
+    assert store.keys("test:runs:*") == [f"test:runs:{warm}".encode()]
+    assert store.keys("celery-task-meta-*") == [f"celery-task-meta-{warm}".encode()]
+
+
+def test_worker_killed_mid_task_still_succeeds(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    client = make_app(server.url).test_client()
+    env = errand_env(server.url)
+    first = stack("worker", env, tmp_path / "first.log", "first", concurrency=1)
+    url = submit(client, "test.sleep", {"seconds": 3})
+    wait_state(client, url, {"STARTED"})
+    first.kill()  # kill -9 the whole worker: main process and child
+    stack("worker", env, tmp_path / "second.log", "second", concurrency=1)
+    task = wait_state(client, url, timeout=40)
+    assert task["state"] == "SUCCESS"
+    assert runs(server.client(), url) == 2  # at least once: the killed run, then this one
+
+
+def test_live_worker_never_runs_a_job_twice(stack: Any, tmp_path: Path) -> None:
+    # VISIBILITY_TIMEOUT is 4 s in the tests: both jobs outlast it three times over.
+    server = stack("redis")
+    client = make_app(server.url).test_client()
+    env = errand_env(server.url)
+    stack("worker", env, tmp_path / "a.log", "a", concurrency=2)
+    stack("worker", env, tmp_path / "b.log", "b", concurrency=2)  # would take a redelivery
+    long_job = submit(client, "test.sleep", {"seconds": 13})
+    waiting = submit(client, "test.sleep", {"seconds": 0}, countdown=13)
+    for url in (long_job, waiting):
+        assert wait_state(client, url, timeout=40)["state"] == "SUCCESS"
+    settle(5)  # a second delivery would show up here
+    assert runs(server.client(), long_job) == 1
+    assert runs(server.client(), waiting) == 1
+
+
+def test_cancel_holds_across_worker_restart(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    client = make_app(server.url).test_client()
+    env = errand_env(server.url)
+    first = stack("worker", env, tmp_path / "first.log", "first", concurrency=1)
+    url = submit(client, "test.sleep", {"seconds": 0}, countdown=3)
+    store = server.client()
+    wait_for(lambda: store.hlen("unacked") == 1, 10)  # the worker holds it, waiting
+    first.kill()
+    assert client.delete(url).json["state"] == "REVOKED"  # no worker hears the broadcast
+    stack("worker", env, tmp_path / "second.log", "second", concurrency=1)
+    wait_for(lambda: queued(server) == 0 and store.hlen("unacked") == 0, 30)
+    settle(1)
+    task = client.get(url).json
+    assert task["state"] == "REVOKED"
+    assert task["started_at"] is None
+    assert runs(store, url) == 0
+
+
+def test_gunicorn_serves_the_contract(stack: Any, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from app.devstack import free_port
+
+    server = stack("redis")
+    port = free_port()
+    env = errand_env(server.url, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2")
+    api = Process(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], tmp_path / "g.log", env
+    )
+    api.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: b"Booting worker" in (tmp_path / "g.log").read_bytes(), 20)
+
+        def call(method: str, path: str, body: Any = None) -> tuple[int, Any, Any]:
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(base + path, data=data, method=method)
+            request.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return reply.status, reply.headers, json.loads(reply.read())
+            except urllib.error.HTTPError as error:
+                return error.code, error.headers, json.loads(error.read())
+            except OSError:
+                return 0, {}, None
+
+        wait_for(lambda: call("GET", "/healthz")[0] == 200, 20)
+        status, headers, task = call(
+            "POST", "/api/v1/tasks", {"task": "test.echo", "params": {"value": 1}}
+        )
+        assert status == 202
+        assert headers["Location"] == task["links"]["self"]
+        assert call("GET", headers["Location"])[2]["state"] == "PENDING"
+        status, headers, _ = call("GET", "/api/v1/tasks/nope")
+        assert status == 404
+        assert headers["Content-Type"] == "application/problem+json"
+        assert call("POST", "/api/v1/tasks", None)[0] == 400  # empty body: not JSON
+    finally:
+        api.stop()
+    log = (tmp_path / "g.log").read_text()
+    assert '"POST /api/v1/tasks HTTP/1.1" 202' in log  # access log on stdout

@@ -1,0 +1,169 @@
+"""The life of a job against a real Redis and a real Celery worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from tests.conftest import make_app, runs, settle, submit, wait_state
+from tests.support import RedisServer, Worker
+
+
+def test_progress_to_success(client: FlaskClient, worker: Worker) -> None:
+    response = client.post(
+        "/api/v1/tasks", json={"task": "demo.progress", "params": {"steps": 4, "delay": 0.4}}
+    )
+    assert response.status_code == 202
+    assert response.headers["Retry-After"] == "1"
+    task = response.json
+    assert task["state"] == "PENDING"
+    assert response.headers["Location"] == task["links"]["self"]
+    url = task["links"]["self"]
+
+    seen: list[str] = []
+    currents: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = client.get(url)
+        task = reply.json
+        if not seen or seen[-1] != task["state"]:
+            seen.append(task["state"])
+        if task["state"] == "PROGRESS":
+            currents.append(task["progress"]["current"])
+            assert task["progress"]["total"] == 4
+            assert reply.headers["Retry-After"] == "1"
+        if task["state"] == "SUCCESS":
+            break
+        time.sleep(0.02)
+    assert seen[0] == "PENDING"
+    assert seen[-1] == "SUCCESS"
+    assert "STARTED" in seen and "PROGRESS" in seen
+    assert currents == sorted(currents) and len(set(currents)) >= 2
+    assert task["result"] == {"steps": 4}
+    assert task["error"] is None and task["progress"] is None
+    assert task["created_at"] <= task["started_at"] <= task["finished_at"]
+    assert task["finished_at"].endswith("Z")
+    assert "Retry-After" not in client.get(url).headers
+
+
+def test_failure_reports_type_and_message(client: FlaskClient, worker: Worker) -> None:
+    task = wait_state(client, submit(client, "test.echo", {"value": 7, "fail": True}))
+    assert task["state"] == "FAILURE"
+    assert task["error"] == {"type": "ValueError", "message": "asked to fail with 7"}
+    assert task["result"] is None
+    assert "Traceback" not in str(task)
+    assert task["finished_at"]
+
+
+def test_retry_then_success(client: FlaskClient, worker: Worker, redis_server: RedisServer) -> None:
+    url = submit(client, "test.flaky", {"failures": 1})
+    retrying = wait_state(client, url, {"RETRY"})
+    assert retrying["error"]["type"] == "ConnectionError"
+    assert "temporary failure 1" in retrying["error"]["message"]
+    task = wait_state(client, url)
+    assert task["state"] == "SUCCESS"
+    assert task["result"] == {"runs": 2}
+    assert task["retries"] == 1
+    assert task["error"] is None
+    assert runs(redis_server.client(), url) == 2
+
+
+def test_countdown_waits(client: FlaskClient, worker: Worker) -> None:
+    before = time.time()
+    url = submit(client, "test.echo", {"value": 1}, countdown=2)
+    settle(1)
+    assert client.get(url).json["state"] == "PENDING"
+    task = wait_state(client, url)
+    assert task["state"] == "SUCCESS"
+    assert time.time() - before >= 2
+
+
+def test_cancel_pending_never_runs(
+    client: FlaskClient, worker: Worker, redis_server: RedisServer
+) -> None:
+    url = submit(client, "test.echo", {"value": 1}, countdown=2)
+    response = client.delete(url)
+    assert response.status_code == 202
+    assert response.json["state"] == "REVOKED"
+    assert response.json["finished_at"]
+    settle(4)
+    task = client.get(url).json
+    assert task["state"] == "REVOKED"
+    assert task["started_at"] is None
+    assert runs(redis_server.client(), url) == 0
+    again = client.delete(url)
+    assert again.status_code == 409
+    assert again.mimetype == "application/problem+json"
+
+
+def test_cancel_running_stops_it(
+    client: FlaskClient, worker: Worker, redis_server: RedisServer
+) -> None:
+    url = submit(client, "demo.progress", {"steps": 100, "delay": 0.1})
+    wait_state(client, url, {"PROGRESS"})
+    response = client.delete(url)
+    assert response.status_code == 202
+    assert response.json["state"] == "REVOKED"
+    settle(1)
+    stopped = client.get(url).json["progress"]
+    settle(1)
+    task = client.get(url).json
+    assert task["state"] == "REVOKED"
+    assert task["progress"] == stopped  # no further progress: the child was stopped
+    # The worker lives on and takes new jobs.
+    assert wait_state(client, submit(client, "test.echo", {"value": 2}))["state"] == "SUCCESS"
+
+
+def test_success_is_final_for_cancel(client: FlaskClient, worker: Worker) -> None:
+    url = submit(client, "test.echo", {"value": 3})
+    assert wait_state(client, url)["state"] == "SUCCESS"
+    response = client.delete(url)
+    assert response.status_code == 409
+    assert "SUCCESS" in response.json["detail"]
+
+
+def test_list_filters_and_cursor(client: FlaskClient, worker: Worker) -> None:
+    urls = [submit(client, "test.echo", {"value": i, "fail": i % 3 == 0}) for i in range(7)]
+    for url in urls:
+        wait_state(client, url)
+    ids = [url.rsplit("/", 1)[-1] for url in urls]
+
+    listing = client.get("/api/v1/tasks?task=test.echo&limit=200").json
+    listed = [t["id"] for t in listing["items"] if t["id"] in ids]
+    assert listed == ids[::-1]  # newest first
+
+    failed = client.get("/api/v1/tasks?task=test.echo&state=FAILURE&limit=200").json["items"]
+    assert {t["id"] for t in failed} >= {ids[0], ids[3], ids[6]}
+    assert all(t["state"] == "FAILURE" and t["task"] == "test.echo" for t in failed)
+    succeeded = client.get("/api/v1/tasks?state=SUCCESS&limit=200").json["items"]
+    assert {ids[1], ids[2], ids[4], ids[5]} <= {t["id"] for t in succeeded}
+    assert all(t["state"] == "SUCCESS" for t in succeeded)
+
+    everything = client.get("/api/v1/tasks?limit=200").json["items"]
+    assert [t["created_at"] for t in everything] == sorted(
+        (t["created_at"] for t in everything), reverse=True
+    )
+    paged: list[str] = []
+    cursor = None
+    while True:
+        query = "/api/v1/tasks?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page: dict[str, Any] = client.get(query).json
+        assert len(page["items"]) <= 2
+        paged += [t["id"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == [t["id"] for t in everything]
+    assert client.get("/api/v1/tasks?limit=3").json["items"] == everything[:3]
+
+
+def test_status_is_one_round_trip(stack: Any) -> None:
+    server = stack("redis")  # a quiet server: no worker, so only our commands count
+    quiet = make_app(server.url).test_client()
+    url = submit(quiet, "test.echo", {"value": 4})
+    before = server.client().info("stats")["total_commands_processed"]
+    assert quiet.get(url).json["state"] == "PENDING"
+    after = server.client().info("stats")["total_commands_processed"]
+    assert after - before - 1 == 2  # INFO counts itself; then HGETALL and GET, pipelined
