@@ -163,7 +163,8 @@ def test_status_is_one_round_trip(stack: Any) -> None:
     server = stack("redis")  # a quiet server: no worker, so only our commands count
     quiet = make_app(server.url).test_client()
     url = submit(quiet, "test.echo", {"value": 4})
-    before = server.client().info("stats")["total_commands_processed"]
+    counter = server.client()
+    before = counter.info("stats")["total_commands_processed"]
     assert quiet.get(url).json["state"] == "PENDING"
-    after = server.client().info("stats")["total_commands_processed"]
+    after = counter.info("stats")["total_commands_processed"]
     assert after - before - 1 == 2  # INFO counts itself; then HGETALL and GET, pipelined
