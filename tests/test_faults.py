@@ -161,3 +161,20 @@ def test_gunicorn_serves_the_contract(stack: Any, tmp_path: Path) -> None:
         api.stop()
     log = (tmp_path / "g.log").read_text()
     assert '"POST /api/v1/tasks HTTP/1.1" 202' in log  # access log on stdout
+
+
+def test_beat_runs_the_prune_job(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    env = errand_env(server.url, PRUNE_INTERVAL="1")
+    worker = stack("worker", env, tmp_path / "w.log", "pruner", concurrency=1)
+    store = server.client()
+    store.zadd("errand:index", {"long-gone": 1})
+    beat_command = [str(BIN / "celery"), "-A", "worker:celery_app", "beat", "-l", "INFO"]
+    beat = Process([*beat_command, "-s", str(tmp_path / "schedule")], tmp_path / "beat.log", env)
+    beat.start()
+    try:
+        wait_for(lambda: store.zscore("errand:index", "long-gone") is None, 30)
+    finally:
+        beat.stop()
+    assert b"errand.prune_index" in (tmp_path / "beat.log").read_bytes()
+    assert b"pruned 1 expired" in worker.log.read_bytes()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import make_app, runs, settle, submit, wait_state
-from tests.support import RedisServer, Worker
+from tests.support import RedisServer, Worker, wait_for
 
 
 def test_progress_to_success(client: FlaskClient, worker: Worker) -> None:
@@ -168,3 +169,19 @@ def test_status_is_one_round_trip(stack: Any) -> None:
     assert quiet.get(url).json["state"] == "PENDING"
     after = counter.info("stats")["total_commands_processed"]
     assert after - before - 1 == 2  # INFO counts itself; then HGETALL and GET, pipelined
+
+
+def test_beat_job_prunes_expired_ids_from_the_index(
+    app: Flask, client: FlaskClient, worker: Worker, redis_server: RedisServer
+) -> None:
+    store = redis_server.client()
+    old = int((time.time() - app.config["TASK_RETENTION"] - 60) * 1_000_000)
+    kept = submit(client, "test.echo", {"value": 5}).rsplit("/", 1)[-1]
+    store.zadd("errand:index", {"expired-1": old, "expired-2": old + 1, kept: old})
+    store.zadd("errand:index:test.echo", {"expired-3": old})
+    result = app.extensions["celery"].send_task("errand.prune_index")
+    wait_for(lambda: store.zscore("errand:index", "expired-1") is None, 20)
+    assert store.zscore("errand:index", "expired-2") is None
+    assert store.zscore("errand:index:test.echo", "expired-3") is None
+    assert store.zscore("errand:index", kept) is not None  # its record is alive
+    assert result.id

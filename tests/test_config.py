@@ -1,0 +1,61 @@
+"""Settings come from the environment; unsafe or unusable ones stop the start."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import config
+from tests.support import BIN, ROOT
+
+
+def test_production_refuses_to_start_without_secret_key() -> None:
+    with pytest.raises(config.ConfigError, match="SECRET_KEY"):
+        config.load({"ERRAND_ENV": "production"})
+    assert config.load({"ERRAND_ENV": "production", "SECRET_KEY": "x" * 32})["SECRET_KEY"]
+
+
+def test_worker_process_names_the_missing_setting() -> None:
+    result = subprocess.run(
+        [str(BIN / "celery"), "-A", "worker:celery_app", "report"],
+        cwd=ROOT,
+        env={"ERRAND_ENV": "production", "PATH": str(BIN)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"ERRAND_ENV": "staging"}, "ERRAND_ENV"),
+        ({"TASK_RETENTION": "soon"}, "TASK_RETENTION"),
+        ({"VISIBILITY_TIMEOUT": "1"}, "VISIBILITY_TIMEOUT"),
+        ({"REDIS_TIMEOUT": "0"}, "REDIS_TIMEOUT"),
+        ({"MAIL_USE_TLS": "maybe"}, "MAIL_USE_TLS"),
+        ({"CELERY_RESULT_BACKEND": "rpc://"}, "CELERY_RESULT_BACKEND"),
+    ],
+)
+def test_bad_values_are_named(env: dict[str, str], name: str) -> None:
+    with pytest.raises(config.ConfigError, match=name):
+        config.load(env)
+
+
+def test_defaults() -> None:
+    settings = config.load({})
+    assert settings["MAX_CONTENT_LENGTH"] == 1024 * 1024
+    assert settings["TASK_RETENTION"] == 7 * 24 * 3600
+    celery = settings["CELERY"]
+    assert celery["broker_url"] == "redis://localhost:6379/0"
+    assert celery["result_backend"].endswith("+redis://localhost:6379/0")
+    assert celery["task_acks_late"] and celery["task_reject_on_worker_lost"]
+    assert celery["broker_transport_options"]["visibility_timeout"] == 60
+    assert celery["accept_content"] == ["json"]
+    assert "prune-task-index" in celery["beat_schedule"]
+    broker = config.load({"REDIS_URL": "redis://r:1/2", "CELERY_BROKER_URL": "amqp://q//"})
+    assert broker["CELERY"]["broker_url"] == "amqp://q//"
+    assert broker["REDIS_URL"] == "redis://r:1/2"
