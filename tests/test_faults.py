@@ -22,8 +22,13 @@ def queued(server: Any) -> int:
 def test_submit_with_redis_killed_is_503_then_recovers(stack: Any) -> None:
     server = stack("redis", aof=True)
     client = make_app(server.url).test_client()
-    submit(client, "test.echo", {"value": 1})  # warm connections, as in a live API
+    first = submit(client, "test.echo", {"value": 1})  # warm connections, as in a live API
     server.kill()
+
+    for reply in (client.get(first), client.get("/api/v1/tasks"), client.delete(first)):
+        assert reply.status_code == 503
+        assert reply.mimetype == "application/problem+json"
+        assert reply.headers["Retry-After"]
 
     started = time.monotonic()
     response = client.post("/api/v1/tasks", json={"task": "test.echo", "params": {"value": 2}})

@@ -81,6 +81,12 @@ def test_countdown_waits(client: FlaskClient, worker: Worker) -> None:
     assert time.time() - before >= 2
 
 
+def test_priority_is_accepted(client: FlaskClient, worker: Worker) -> None:
+    for priority in (0, 9):
+        url = submit(client, "test.echo", {"value": priority}, priority=priority)
+        assert wait_state(client, url)["result"] == priority
+
+
 def test_cancel_pending_never_runs(
     client: FlaskClient, worker: Worker, redis_server: RedisServer
 ) -> None:
