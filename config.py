@@ -140,5 +140,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
         "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
         "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "errand@localhost"),
+        "MAIL_MAX_RETRIES": _int(env, "MAIL_MAX_RETRIES", 5),
+        "MAIL_RETRY_BACKOFF": _float(env, "MAIL_RETRY_BACKOFF", 2.0),
         "CELERY": celery,
     }

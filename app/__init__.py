@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 import config
-from app import api, errors, extensions, health, log, tasks  # noqa: F401  (tasks declares task types)
+from app import api, errors, extensions, health, log, mail, tasks  # noqa: F401  (task types)
 from app.celery_app import celery_init_app
 
 

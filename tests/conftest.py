@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.records import FINAL_STATES
-from tests.support import RedisServer, Worker, errand_env, wait_for
+from tests.support import RedisServer, SmtpSink, Worker, errand_env, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +39,20 @@ def app(redis_server: RedisServer) -> Flask:
 
 
 @pytest.fixture(scope="session")
-def worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+def smtp_server() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(
+    redis_server: RedisServer, smtp_server: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = Worker(errand_env(redis_server.url), log, "main")
+    env = errand_env(redis_server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp_server.port))
+    proc = Worker(env, log, "main")
     try:
         proc.start()
         yield proc

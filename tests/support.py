@@ -114,6 +114,7 @@ def errand_env(redis_url: str, **extra: str) -> dict[str, str]:
         TASK_MODULES="tests.tasktypes",
         PYTHONPATH=str(ROOT),
         LOG_LEVEL="INFO",
+        MAIL_RETRY_BACKOFF="0.2",
     )
     env.update(extra)
     return env
@@ -134,3 +135,33 @@ class Worker(Process):
         offset = self.log.stat().st_size if self.log.exists() else 0
         super().start()
         wait_for(lambda: b" ready." in self.log.read_bytes()[offset:], 60, 0.1)
+
+
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.port = free_port()
+        self.envelopes: list[Any] = []
+        self.refuse: set[str] = set()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted"
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
