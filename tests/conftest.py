@@ -111,9 +111,9 @@ def wait_state(
     return wait_for(reached, timeout, 0.05)
 
 
-def runs(redis_url_client: Any, url: str) -> int:
+def runs(store: Any, url: str) -> int:
     """How many times the task behind ``url`` ran (tests.tasktypes counts)."""
-    return int(redis_url_client.get(f"test:runs:{url.rsplit('/', 1)[-1]}") or 0)
+    return int(store.get(f"test:runs:{url.rsplit('/', 1)[-1]}") or 0)
 
 
 def settle(seconds: float) -> None:

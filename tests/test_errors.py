@@ -150,9 +150,7 @@ def test_bad_filters_are_422(client: FlaskClient, query: str, loc: list[str]) ->
     assert loc in [error["loc"] for error in problem["errors"]]
 
 
-def test_unexpected_exception_is_500_without_traceback(
-    redis_server: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unexpected_exception_is_500_without_traceback(redis_server: Any) -> None:
     app = make_app(redis_server.url)
 
     @app.get("/boom")
