@@ -142,5 +142,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "errand@localhost"),
         "MAIL_MAX_RETRIES": _int(env, "MAIL_MAX_RETRIES", 5),
         "MAIL_RETRY_BACKOFF": _float(env, "MAIL_RETRY_BACKOFF", 2.0),
+        "MAIL_BATCH_SIZE": _int(env, "MAIL_BATCH_SIZE", 100, low=1),
+        "MAIL_TIMEOUT": _float(env, "MAIL_TIMEOUT", 30.0),
         "CELERY": celery,
     }

@@ -1,25 +1,36 @@
-"""Email task types, sent through Flask-Mail: ``email.send`` (one message).
+"""Email task types, sent through Flask-Mail: ``email.send`` and ``email.bulk``.
 
-Tasks carry only addresses and text (JSON), never a ``Message`` object.
-SMTP failures are sorted: temporary ones (connection refused or reset, a
-timeout, a 4xx answer) retry with exponential backoff and jitter; permanent
-ones (5xx, every recipient refused, bad headers) fail at once.
+Tasks carry only addresses, text and template context (JSON), never a
+``Message`` object. SMTP failures are sorted: temporary ones (connection
+refused or reset, a timeout, a 4xx answer) retry with exponential backoff and
+jitter; permanent ones (5xx, every recipient refused, bad headers) fail at
+once. A bulk job records its progress in Redis after every batch, so a retry
+resumes where the last attempt stopped and no recipient gets the mail twice,
+except those of a batch in flight when a worker died.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import smtplib
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import current_task
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from flask_mail import BadHeaderError, Message
-from pydantic import AfterValidator, Field
+from flask_mail import BadHeaderError, Connection, Message
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
-from app.extensions import mail
-from app.tasktypes import Params, task_type
+from app.extensions import store
+from app.tasktypes import Params, report_progress, task_type
+
+# Templates come from clients: render them in Jinja's sandbox, where they can
+# read only the recipient's context, and fail loudly on anything undefined.
+_text = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_html = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 
 class PermanentEmailError(Exception):
@@ -47,16 +58,63 @@ def _one_line(value: str) -> str:
 
 Address = Annotated[str, Field(max_length=254), AfterValidator(_plain_address)]
 HeaderText = Annotated[str, Field(min_length=1, max_length=998), AfterValidator(_one_line)]
+BodyText = Annotated[str, Field(max_length=500_000)]
 
 
 class SendEmail(Params):
     to: list[Address] = Field(min_length=1, max_length=50)
     subject: HeaderText
-    body: str = Field(max_length=500_000)
-    html: str | None = Field(None, max_length=500_000)
+    body: BodyText
+    html: BodyText | None = None
     cc: list[Address] = Field(default_factory=list, max_length=50)
     bcc: list[Address] = Field(default_factory=list, max_length=50)
     reply_to: Address | None = None
+
+
+class Recipient(Params):
+    to: Address
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class BulkEmail(Params):
+    subject: HeaderText
+    body: BodyText
+    html: BodyText | None = None
+    recipients: list[Recipient] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("recipients")
+    @classmethod
+    def templates_render(cls, recipients: list[Recipient], info: ValidationInfo) -> list[Recipient]:
+        """Every template must render for every recipient, before anything is queued."""
+        if not {"subject", "body"} <= info.data.keys():
+            return recipients  # those fields failed already and are reported
+        try:
+            templates = Templates(info.data["subject"], info.data["body"], info.data.get("html"))
+        except TemplateError as exc:
+            raise ValueError(f"templates do not compile: {exc}") from None
+        for number, recipient in enumerate(recipients):
+            try:
+                templates.render(recipient.context)
+            except Exception as exc:  # any failure of a client's template is the client's 422
+                raise ValueError(
+                    f"recipient {number} ({recipient.to}): templates do not render: {exc}"
+                ) from None
+        return recipients
+
+
+class Templates:
+    """The subject, text and HTML templates of a bulk job, compiled once."""
+
+    def __init__(self, subject: str, body: str, html: str | None) -> None:
+        self.subject = _text.from_string(subject)
+        self.body = _text.from_string(body)
+        self.html = _html.from_string(html) if html is not None else None
+
+    def render(self, context: dict[str, Any]) -> tuple[str, str, str | None]:
+        """Subject, text and HTML for one recipient; ValueError for a multi-line subject."""
+        subject = _one_line(self.subject.render(context))
+        html = self.html.render(context) if self.html is not None else None
+        return subject, self.body.render(context), html
 
 
 def classify(exc: Exception) -> Exception:
@@ -64,13 +122,47 @@ def classify(exc: Exception) -> Exception:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
         kind = TemporaryEmailError if all(400 <= c < 500 for c in codes) else PermanentEmailError
-        return kind(f"recipients refused: {exc.recipients}")
+        answers = "; ".join(
+            f"{to}: {code} {text.decode(errors='replace')}"
+            for to, (code, text) in exc.recipients.items()
+        )
+        return kind(f"recipients refused: {answers}")
     if isinstance(exc, smtplib.SMTPResponseException):
         kind = TemporaryEmailError if 400 <= exc.smtp_code < 500 else PermanentEmailError
-        return kind(f"{exc.smtp_code} {exc.smtp_error!r}")
+        text = (
+            exc.smtp_error.decode(errors="replace")
+            if isinstance(exc.smtp_error, bytes)
+            else exc.smtp_error
+        )
+        return kind(f"{exc.smtp_code} {text}")
     if isinstance(exc, BadHeaderError):
-        return PermanentEmailError(f"bad header: {exc}")
+        return PermanentEmailError("bad header")
     return TemporaryEmailError(f"{type(exc).__name__}: {exc}")
+
+
+SMTP_ERRORS = (smtplib.SMTPException, OSError, BadHeaderError)
+
+
+class TimedConnection(Connection):
+    """Flask-Mail's connection with a socket timeout, so a hung server is a temporary failure."""
+
+    def configure_host(self) -> smtplib.SMTP | smtplib.SMTP_SSL:
+        timeout = current_app.config["MAIL_TIMEOUT"]
+        host: smtplib.SMTP | smtplib.SMTP_SSL
+        if self.mail.use_ssl:
+            host = smtplib.SMTP_SSL(self.mail.server, self.mail.port, timeout=timeout)
+        else:
+            host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=timeout)
+        if self.mail.use_tls:
+            host.starttls()
+        if self.mail.username and self.mail.password:
+            host.login(self.mail.username, self.mail.password)
+        return host
+
+
+def connect() -> TimedConnection:
+    """One SMTP connection, configured by the ``MAIL_*`` settings."""
+    return TimedConnection(current_app.extensions["mail"])
 
 
 def retry_later(error: TemporaryEmailError) -> None:
@@ -80,6 +172,14 @@ def retry_later(error: TemporaryEmailError) -> None:
     base = current_app.config["MAIL_RETRY_BACKOFF"]
     countdown = random.uniform(0, base * 2**task.request.retries)
     raise task.retry(exc=error, countdown=countdown, max_retries=limit)
+
+
+def fail_or_retry(exc: Exception) -> None:
+    """Retry a temporary failure later; raise a permanent one at once."""
+    error = classify(exc)
+    if isinstance(error, TemporaryEmailError):
+        retry_later(error)
+    raise error from None
 
 
 @task_type("email.send", SendEmail)
@@ -95,10 +195,75 @@ def send_email(params: SendEmail) -> dict[str, object]:
         reply_to=params.reply_to,
     )
     try:
-        mail.send(message)
-    except (smtplib.SMTPException, OSError, BadHeaderError) as exc:
-        error = classify(exc)
-        if isinstance(error, TemporaryEmailError):
-            retry_later(error)
-        raise error from None
+        with connect() as connection:
+            connection.send(message)
+    except SMTP_ERRORS as exc:
+        fail_or_retry(exc)
     return {"message_id": message.msgId, "accepted": len(params.to + params.cc + params.bcc)}
+
+
+class BulkProgress:
+    """Where a bulk job stands, kept in Redis: the next recipient, the count sent, failures.
+
+    Written once per batch (and once more when an attempt stops on a temporary
+    failure), in one transaction, so a retry never sends a recorded batch again.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        self.key = f"errand:bulk:{task_id}"
+        self.failed_key = f"{self.key}:failed"
+
+    def load(self) -> tuple[int, int]:
+        """The index of the next recipient to send to, and how many were sent so far."""
+        state = store().hgetall(self.key)
+        return int(state.get(b"next", 0)), int(state.get(b"sent", 0))
+
+    def save(self, next_index: int, sent: int, failed: list[dict[str, str]]) -> None:
+        ttl = current_app.config["TASK_RETENTION"]
+        pipe = store().pipeline(transaction=True)
+        pipe.hset(self.key, mapping={"next": next_index, "sent": sent})
+        if failed:
+            pipe.rpush(self.failed_key, *(json.dumps(f) for f in failed))
+        pipe.expire(self.key, ttl).expire(self.failed_key, ttl)
+        pipe.execute()
+
+    def failures(self) -> list[dict[str, str]]:
+        return [json.loads(item) for item in store().lrange(self.failed_key, 0, -1)]
+
+
+@task_type("email.bulk", BulkEmail)
+def send_bulk(params: BulkEmail) -> dict[str, object]:
+    """Send one templated message to each recipient, in batches, reporting PROGRESS."""
+    templates = Templates(params.subject, params.body, params.html)
+    progress = BulkProgress(current_task.request.id)
+    size = current_app.config["MAIL_BATCH_SIZE"]
+    total = len(params.recipients)
+    batches = -(-total // size)
+    index, sent = progress.load()
+    while index < total:
+        batch_number = index // size + 1
+        end = min(batch_number * size, total)
+        failed: list[dict[str, str]] = []
+        try:
+            with connect() as connection:  # one SMTP connection per batch
+                while index < end:
+                    recipient = params.recipients[index]
+                    subject, body, html = templates.render(recipient.context)
+                    message = Message(
+                        subject=subject, recipients=[recipient.to], body=body, html=html
+                    )
+                    try:
+                        connection.send(message)
+                        sent += 1
+                    except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError) as exc:
+                        error = classify(exc)
+                        if isinstance(error, TemporaryEmailError):
+                            raise
+                        failed.append({"to": recipient.to, "error": str(error)})
+                    index += 1
+        except SMTP_ERRORS as exc:
+            progress.save(index, sent, failed)  # resume at the recipient that failed
+            fail_or_retry(exc)
+        progress.save(index, sent, failed)
+        report_progress(index, total, f"sent batch {batch_number} of {batches}")
+    return {"sent": sent, "failed": progress.failures()}

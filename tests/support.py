@@ -146,6 +146,7 @@ class SmtpSink:
         self.port = free_port()
         self.envelopes: list[Any] = []
         self.refuse: set[str] = set()
+        self.delay = 0.0  # seconds to wait before accepting each message
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
     async def handle_RCPT(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email
+import time
+from collections import Counter
 from email import policy
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import make_app, settle, submit, wait_state
-from tests.support import SmtpSink, Worker, errand_env
+from tests.support import SmtpSink, Worker, errand_env, wait_for
 
 BASE = {"to": ["ada@example.com"], "subject": "Welcome", "body": "Hello Ada"}
 
@@ -113,3 +115,143 @@ def test_smtp_down_then_up_retries_then_succeeds_once(stack: Any, tmp_path: Any)
     assert task["state"] == "SUCCESS"
     assert task["retries"] >= 1
     assert len(received(sink, "Comes back")) == 1
+
+
+def campaign(tag: str, count: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "subject": f"[{tag}] Hello {{{{ name }}}}",
+        "body": "Dear {{ name }}, your code is {{ code }}.",
+        "html": "<p>Dear {{ name }}</p>",
+        "recipients": [
+            {"to": f"user{i}@example.com", "context": {"name": f"User {i}", "code": i}}
+            for i in range(count)
+        ],
+        **extra,
+    }
+
+
+def deliveries(sink: SmtpSink, tag: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for envelope in sink.envelopes:
+        if f"[{tag}]".encode() in envelope.content:
+            counts.update(envelope.rcpt_tos)
+    return counts
+
+
+def test_bulk_delivers_each_recipient_once_with_progress(
+    client: FlaskClient, worker: Worker, smtp_server: SmtpSink
+) -> None:
+    params = campaign("bulk2000", 2000)
+    params["recipients"][7]["context"]["name"] = "<b>Eve</b>"
+    url = submit(client, "email.bulk", params)
+    messages: set[str] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        task = client.get(url).json
+        if task["state"] == "PROGRESS":
+            messages.add(task["progress"]["message"])
+        if task["state"] in {"SUCCESS", "FAILURE"}:
+            break
+        time.sleep(0.05)
+    assert task["state"] == "SUCCESS", task
+    assert task["result"] == {"sent": 2000, "failed": []}
+    assert len(messages) > 1
+    assert all(m.startswith("sent batch ") and m.endswith(" of 20") for m in messages)
+    counts = deliveries(smtp_server, "bulk2000")
+    assert len(counts) == 2000 and set(counts.values()) == {1}
+    ((_, eve),) = received(smtp_server, "[bulk2000] Hello <b>Eve</b>")
+    assert "Dear <b>Eve</b>, your code is 7." in eve.get_body(("plain",)).get_content()
+    assert "&lt;b&gt;Eve&lt;/b&gt;" in eve.get_body(("html",)).get_content()  # autoescaped
+
+
+def test_bulk_refused_recipients_are_reported_and_the_rest_arrive(
+    client: FlaskClient, worker: Worker, smtp_server: SmtpSink
+) -> None:
+    smtp_server.refuse.update({"user3@example.com", "user150@example.com"})
+    task = wait_state(client, submit(client, "email.bulk", campaign("refusals", 200)), timeout=60)
+    assert task["state"] == "SUCCESS", task
+    assert task["result"]["sent"] == 198
+    failed = {f["to"]: f["error"] for f in task["result"]["failed"]}
+    assert set(failed) == {"user3@example.com", "user150@example.com"}
+    assert all("550" in error for error in failed.values())
+    counts = deliveries(smtp_server, "refusals")
+    assert len(counts) == 198 and set(counts.values()) == {1}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"body": "Dear {{ name }} {{ missing }}"}, "recipient 0 (user0@example.com)"),
+        ({"subject": "{{ name }", "body": "x"}, "do not compile"),
+        ({"body": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}, "recipient 0"),
+        ({"body": "{{ cycler.__init__.__globals__ }}"}, "recipient 0"),
+        ({"subject": "Hi {{ name }}"}, "recipient 2 (user2@example.com)"),
+    ],
+)
+def test_bulk_templates_that_do_not_render_are_422(
+    app: Any, client: FlaskClient, worker: Worker, smtp_server: SmtpSink, change: Any, named: str
+) -> None:
+    params = {**campaign("never", 3), **change}
+    params["recipients"][2]["context"]["name"] = "x\r\nBcc: victim@example.com"
+    before = (len(smtp_server.envelopes), app.extensions["errand.redis"].zcard("errand:index"))
+    response = client.post("/api/v1/tasks", json={"task": "email.bulk", "params": params})
+    assert response.status_code == 422, response.json
+    assert named in response.json["errors"][0]["msg"]
+    settle(0.2)
+    after = (len(smtp_server.envelopes), app.extensions["errand.redis"].zcard("errand:index"))
+    assert after == before
+
+
+@pytest.mark.parametrize(("count", "status"), [(0, 422), (10_001, 422)])
+def test_bulk_recipient_limits(client: FlaskClient, count: int, status: int) -> None:
+    response = client.post(
+        "/api/v1/tasks", json={"task": "email.bulk", "params": campaign("n", count)}
+    )
+    assert response.status_code == status
+
+
+def test_bulk_resumes_after_smtp_outage_without_duplicates(stack: Any, tmp_path: Any) -> None:
+    server = stack("redis")
+    sink = SmtpSink()
+    env = errand_env(
+        server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(sink.port), MAIL_BATCH_SIZE="10"
+    )
+    stack("worker", env, tmp_path / "w.log", "bulk-outage", concurrency=1)
+    client = make_app(server.url).test_client()
+    url = submit(client, "email.bulk", campaign("outage", 50))
+    assert wait_state(client, url, {"RETRY"})["error"]["type"] == "TemporaryEmailError"
+    sink.start()
+    try:
+        task = wait_state(client, url, timeout=60)
+    finally:
+        sink.stop()
+    assert task["state"] == "SUCCESS"
+    counts = deliveries(sink, "outage")
+    assert len(counts) == 50 and set(counts.values()) == {1}
+
+
+def test_bulk_survives_a_killed_worker(stack: Any, tmp_path: Any) -> None:
+    server = stack("redis")
+    sink = SmtpSink()
+    sink.delay = 0.004
+    sink.start()
+    try:
+        env = errand_env(
+            server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(sink.port), MAIL_BATCH_SIZE="50"
+        )
+        first = stack("worker", env, tmp_path / "first.log", "first", concurrency=1)
+        client = make_app(server.url).test_client()
+        url = submit(client, "email.bulk", campaign("killed", 1000))
+        wait_for(lambda: (client.get(url).json["progress"] or {}).get("current", 0) >= 200, 60)
+        first.kill()
+        stack("worker", env, tmp_path / "second.log", "second", concurrency=1)
+        task = wait_state(client, url, timeout=120)
+    finally:
+        sink.stop()
+    assert task["state"] == "SUCCESS"
+    counts = deliveries(sink, "killed")
+    assert len(counts) == 1000
+    twice = [int(to[4:].split("@")[0]) for to, n in counts.items() if n > 1]
+    assert all(n <= 2 for n in counts.values())
+    # Only the batch in flight when the worker died can be sent again.
+    assert len({i // 50 for i in twice}) <= 1
