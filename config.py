@@ -131,6 +131,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "VISIBILITY_TIMEOUT": visibility,
         "LEASE_INTERVAL": max(1.0, visibility / 4),
         "SUBMIT_DEADLINE": 4.0,
+        "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
         "TASK_MODULES": [m.strip() for m in env.get("TASK_MODULES", "").split(",") if m.strip()],
         "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),

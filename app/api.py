@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -65,6 +66,28 @@ def json_object() -> dict[str, Any]:
     return body
 
 
+def idempotency_of(
+    task_name: str, params: dict[str, Any], options: dict[str, Any]
+) -> tuple[str, str] | None:
+    """The Redis key and request fingerprint for an ``Idempotency-Key`` header, if sent.
+
+    The header is a Structured Field string (``"..."``) in the IETF draft; a bare
+    token is accepted too.
+    """
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    if not 1 <= len(value) <= 255 or not value.isprintable() or not value.isascii():
+        raise InvalidBody("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    request_body = {"task": task_name, "params": params, "options": options}
+    fingerprint = hashlib.sha256(
+        json.dumps(request_body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    key = "errand:idem:" + hashlib.sha256(value.encode()).hexdigest()
+    return key, fingerprint
+
+
 def task_id_or_404(task_id: str) -> str:
     """Ids are UUIDs the server made; anything else is unknown without asking Redis."""
     try:
@@ -103,7 +126,17 @@ def submit() -> Response:
             f"params are not valid for {task_type.name}", _errors(exc, ("params",))
         ) from None
     options = submission.options.model_dump(exclude_none=True)
-    task = jobs.submit(task_type, params.model_dump(mode="json"), options)
+    params_json = params.model_dump(mode="json")
+    idempotency = idempotency_of(submission.task, params_json, options)
+    task = jobs.submit(task_type, params_json, options, idempotency)
+    response = task_response(task, 202)
+    response.headers["Location"] = task["links"]["self"]
+    return response
+
+
+@bp.post("/tasks/<task_id>/retry")
+def retry(task_id: str) -> Response:
+    task = jobs.retry(task_id_or_404(task_id))
     response = task_response(task, 202)
     response.headers["Location"] = task["links"]["self"]
     return response

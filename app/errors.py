@@ -3,7 +3,7 @@
     APIError
     ├── InvalidBody       400  the body is not a JSON object
     ├── TaskNotFound      404  unknown, expired, or not yours
-    ├── AlreadyFinal      409  the task has already finished
+    ├── StateConflict     409  the task's state does not allow it (cancel a final task)
     ├── Unprocessable     422  unknown task type, bad params, options or filters
     └── BrokerUnavailable 503  the broker or the record store did not answer
 
@@ -49,8 +49,8 @@ class TaskNotFound(APIError):
     status = 404
 
 
-class AlreadyFinal(APIError):
-    """The task is already final and cannot be cancelled."""
+class StateConflict(APIError):
+    """The task's state does not allow what was asked."""
 
     status = 409
 

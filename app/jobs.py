@@ -11,6 +11,7 @@ Round trips to Redis, per call:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -23,9 +24,9 @@ from kombu.exceptions import KombuError
 
 from app import records
 from app.celery_app import celery_of, task_headers
-from app.errors import AlreadyFinal, BrokerUnavailable, TaskNotFound
+from app.errors import BrokerUnavailable, StateConflict, TaskNotFound, Unprocessable
 from app.extensions import store
-from app.tasktypes import TaskType
+from app.tasktypes import TaskType, registry
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,13 @@ log = logging.getLogger(__name__)
 UNREACHABLE = (KombuError, CeleryError, redis.RedisError, OSError)
 
 
-def submit(task_type: TaskType, params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+def submit(
+    task_type: TaskType,
+    params: dict[str, Any],
+    options: dict[str, Any],
+    idempotency: tuple[str, str] | None = None,
+    retry_of: str | None = None,
+) -> dict[str, Any]:
     """Hand a job to the broker and record it; 503 if either does not answer.
 
     The message is published first and the record written second, by a script
@@ -42,29 +49,91 @@ def submit(task_type: TaskType, params: dict[str, Any], options: dict[str, Any])
     A worker that receives a message with no record waits until that deadline,
     then drops it. So a submit that answers 503 leaves neither a record nor a
     job that runs, even when a hung Redis applies its commands late.
+
+    ``idempotency`` is (Redis key, fingerprint of the request): a key already
+    used for the same request returns the task it made, waiting for a submit
+    still in flight; used for another request, it is a 422.
     """
     task_id = str(uuid.uuid4())
     created = time.time()
     deadline_us = int((created + current_app.config["SUBMIT_DEADLINE"]) * 1_000_000)
-    headers = task_headers(deadline=deadline_us, request_id=g.get("request_id", ""))
+    if idempotency is not None:
+        existing = _claim(idempotency, task_id, deadline_us)
+        if existing is not None:
+            return existing
     try:
-        celery_of(current_app).tasks[task_type.name].apply_async(
-            args=[params], task_id=task_id, headers=headers, **options
+        _publish(task_type, params, options, task_id, deadline_us)
+        written = records.create(
+            store(), task_id, task_type.name, created, deadline_us, params, retry_of
         )
+        if not written and time.time() * 1_000_000 < deadline_us:
+            log.error("submit %s: Redis's clock is past the deadline: check clock skew", task_id)
     except UNREACHABLE as exc:
-        log.warning("submit %s: broker unreachable: %r", task_id, exc)
-        raise BrokerUnavailable("the broker did not accept the task") from exc
-    try:
-        written = records.create(store(), task_id, task_type.name, created, deadline_us)
-    except redis.RedisError as exc:
-        log.warning("submit %s: record store unreachable: %r", task_id, exc)
+        log.warning("submit %s: broker or record store unreachable: %r", task_id, exc)
         written = False
     if not written:
-        if time.time() * 1_000_000 < deadline_us:
-            log.error("submit %s: Redis's clock is past the deadline: check clock skew", task_id)
-        raise BrokerUnavailable("the task store did not answer in time")
+        if idempotency is not None:
+            with contextlib.suppress(*UNREACHABLE):
+                records.release_key(store(), idempotency[0], task_id)
+        raise BrokerUnavailable("the broker or the task store did not answer in time")
     record = {"task": task_type.name, "created_at": records.isotime(created), "retries": "0"}
+    if retry_of:
+        record["retry_of"] = retry_of
     return records.resource(task_id, record, None)
+
+
+def _publish(
+    task_type: TaskType,
+    params: dict[str, Any],
+    options: dict[str, Any],
+    task_id: str,
+    deadline: int,
+) -> None:
+    headers = task_headers(deadline=deadline, request_id=g.get("request_id", ""))
+    celery_of(current_app).tasks[task_type.name].apply_async(
+        args=[params], task_id=task_id, headers=headers, **options
+    )
+
+
+def _claim(idempotency: tuple[str, str], task_id: str, deadline_us: int) -> dict[str, Any] | None:
+    """None when this request holds the key now; else the task the key already made."""
+    key, fingerprint = idempotency
+    ttl = current_app.config["IDEMPOTENCY_TTL"]
+    give_up = time.monotonic() + current_app.config["SUBMIT_DEADLINE"] + 1
+    while True:
+        try:
+            verdict, held_for, other_id = records.claim_key(
+                store(), key, fingerprint, task_id, deadline_us, ttl
+            )
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
+        if verdict == "new":
+            return None
+        if held_for != fingerprint:
+            raise Unprocessable(
+                "this Idempotency-Key was used for a different request",
+                [{"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}],
+            )
+        if verdict == "existing":
+            return status(other_id)
+        if time.monotonic() > give_up:  # the first submit hangs beyond its own deadline
+            raise BrokerUnavailable("a submit with this Idempotency-Key is still in flight")
+        time.sleep(0.02)  # 'inflight': the first submit with this key is on its way
+
+
+def retry(task_id: str) -> dict[str, Any]:
+    """Submit a failed or cancelled task again, with the same type and params."""
+    task = status(task_id)
+    if task["state"] not in {"FAILURE", "REVOKED"}:
+        raise StateConflict(f"only a FAILURE or REVOKED task can be retried, not {task['state']}")
+    try:
+        params = records.params_of(store(), task_id)
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
+    task_type = registry.get(task["task"] or "")
+    if params is None or task_type is None:
+        raise StateConflict(f"task {task_id} can no longer be retried")
+    return submit(task_type, params, {}, retry_of=task_id)
 
 
 def status(task_id: str) -> dict[str, Any]:
@@ -82,7 +151,7 @@ def cancel(task_id: str) -> dict[str, Any]:
     """Cancel a task: kept in its record, stored as ``REVOKED``, and stopped where it runs."""
     task = status(task_id)
     if task["state"] in records.FINAL_STATES:
-        raise AlreadyFinal(f"task {task_id} is already {task['state']}")
+        raise StateConflict(f"task {task_id} is already {task['state']}")
     celery_app = celery_of(current_app)
     try:
         records.revoke(store(), task_id)

@@ -37,9 +37,10 @@ _CREATE = """
 local t = redis.call('TIME')
 if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'task', ARGV[2], 'created_at', ARGV[3],
-           'created_us', ARGV[4], 'retries', 0)
+           'created_us', ARGV[4], 'retries', 0, unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+if KEYS[4] then redis.call('HSET', KEYS[4], 'retried_by', ARGV[5]) end
 return 1
 """
 
@@ -54,6 +55,28 @@ end
 if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 'revoked' end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
 return 'run'
+"""
+
+# Idempotency keys: "fingerprint|task id|deadline". An entry whose task has no
+# record once the deadline has passed belongs to a submit that failed: replace it.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local fp, id, deadline = string.match(current, '^([^|]*)|([^|]*)|([^|]*)$')
+  if redis.call('EXISTS', ARGV[5] .. id) == 1 then return {'existing', fp, id} end
+  local t = redis.call('TIME')
+  if t[1] * 1000000 + t[2] <= tonumber(deadline) then return {'inflight', fp, id} end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[4])
+return {'new'}
+"""
+
+_RELEASE = """
+local current = redis.call('GET', KEYS[1])
+if current and string.find(current, '|' .. ARGV[1] .. '|', 1, true) then
+  redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 _REVOKE = """
@@ -83,13 +106,42 @@ def isotime(moment: datetime | float | None = None) -> str:
 
 
 def create(
-    client: redis.Redis, task_id: str, task_name: str, created: float, deadline_us: int
+    client: redis.Redis,
+    task_id: str,
+    task_name: str,
+    created: float,
+    deadline_us: int,
+    params: dict[str, Any],
+    retry_of: str | None = None,
 ) -> bool:
-    """Write a new record and index it; False when Redis got it after the deadline."""
+    """Write a new record and index it; False when Redis got it after the deadline.
+
+    The params are kept for ``POST /api/v1/tasks/<id>/retry``; a retry also
+    links the record it retries to the new one.
+    """
     created_us = int(created * 1_000_000)
     keys = [record_key(task_id), INDEX, type_index(task_name)]
     args = [deadline_us, task_name, isotime(created), created_us, task_id]
+    args += ["params", json.dumps(params, separators=(",", ":"))]
+    if retry_of:
+        keys.append(record_key(retry_of))
+        args += ["retry_of", retry_of]
     return bool(client.eval(_CREATE, len(keys), *keys, *args))
+
+
+def claim_key(
+    client: redis.Redis, key: str, fingerprint: str, task_id: str, deadline_us: int, ttl: int
+) -> tuple[str, str, str]:
+    """Claim an idempotency key: ('new', '', '') or ('existing'|'inflight', fingerprint, id)."""
+    answer = client.eval(_CLAIM, 1, key, fingerprint, task_id, deadline_us, ttl, RECORD_PREFIX)
+    words = [w.decode() if isinstance(w, bytes) else str(w) for w in answer]
+    verdict, fingerprint_held, held_by = [*words, "", ""][:3]
+    return verdict, fingerprint_held, held_by
+
+
+def release_key(client: redis.Redis, key: str, task_id: str) -> None:
+    """Give up a claim after a failed submit, unless another submit holds the key now."""
+    client.eval(_RELEASE, 1, key, task_id)
 
 
 def begin(client: redis.Redis, task_id: str, deadline_us: int) -> str:
@@ -103,23 +155,42 @@ def revoke(client: redis.Redis, task_id: str) -> bool:
     return bool(client.eval(_REVOKE, 1, record_key(task_id), isotime()))
 
 
+# What a status read fetches of a record: everything but the (possibly large) params.
+FIELDS = (
+    "task",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "revoked_at",
+    "retries",
+    "retry_of",
+    "retried_by",
+)
+
+
 def read(
     client: redis.Redis, task_ids: Sequence[str]
 ) -> list[tuple[dict[str, str], dict[str, Any] | None] | None]:
     """Fetch records and Celery results for many ids in one round trip."""
     pipe = client.pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.hgetall(record_key(task_id))
+        pipe.hmget(record_key(task_id), FIELDS)
         pipe.get(RESULT_PREFIX + task_id)
     replies = pipe.execute()
     found: list[tuple[dict[str, str], dict[str, Any] | None] | None] = []
-    for raw_record, raw_meta in zip(replies[::2], replies[1::2], strict=True):
-        if not raw_record:
+    for values, raw_meta in zip(replies[::2], replies[1::2], strict=True):
+        if values[0] is None:  # every record has a task type
             found.append(None)
             continue
-        record = {k.decode(): v.decode() for k, v in raw_record.items()}
+        record = {k: v.decode() for k, v in zip(FIELDS, values, strict=True) if v is not None}
         found.append((record, json.loads(raw_meta) if raw_meta else None))
     return found
+
+
+def params_of(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
+    """The params a task was submitted with (None if the record is gone)."""
+    raw = client.hget(record_key(task_id), "params")
+    return json.loads(raw) if raw else None
 
 
 def state_of(record: dict[str, str], meta: dict[str, Any] | None) -> str:
@@ -172,8 +243,16 @@ def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) 
         "created_at": record.get("created_at"),
         "started_at": record.get("started_at"),
         "finished_at": finished if state in FINAL_STATES else None,
-        "links": {"self": f"/api/v1/tasks/{task_id}"},
+        "links": _links(task_id, record),
     }
+
+
+def _links(task_id: str, record: dict[str, str]) -> dict[str, str]:
+    links = {"self": f"/api/v1/tasks/{task_id}"}
+    for name in ("retry_of", "retried_by"):
+        if record.get(name):
+            links[name] = f"/api/v1/tasks/{record[name]}"
+    return links
 
 
 def encode_cursor(score: int, task_id: str) -> str:

@@ -174,7 +174,7 @@ def test_status_is_one_round_trip(stack: Any) -> None:
     before = counter.info("stats")["total_commands_processed"]
     assert quiet.get(url).json["state"] == "PENDING"
     after = counter.info("stats")["total_commands_processed"]
-    assert after - before - 1 == 2  # INFO counts itself; then HGETALL and GET, pipelined
+    assert after - before - 1 == 2  # INFO counts itself; then HMGET and GET, pipelined
 
 
 def test_beat_job_prunes_expired_ids_from_the_index(

@@ -1,0 +1,132 @@
+"""Idempotency-Key on submits, and resubmitting a failed task."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.devstack import free_port
+from tests.conftest import settle, submit, wait_state
+from tests.support import BIN, Process, Worker, errand_env, wait_for
+
+JOB = {"task": "test.echo", "params": {"value": 11}}
+
+
+def index_size(app: Flask) -> int:
+    return int(app.extensions["errand.redis"].zcard("errand:index"))
+
+
+def test_same_key_and_body_give_the_same_task(app: Flask, client: FlaskClient) -> None:
+    before = index_size(app)
+    first = client.post("/api/v1/tasks", json=JOB, headers={"Idempotency-Key": '"order-1"'})
+    again = client.post("/api/v1/tasks", json=JOB, headers={"Idempotency-Key": "order-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json["id"] == again.json["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert index_size(app) == before + 1
+    keys = app.extensions["errand.redis"].keys("errand:idem:*")
+    assert all(app.extensions["errand.redis"].ttl(k) > 24 * 3600 - 60 for k in keys)
+
+
+def test_same_key_with_another_body_is_422(client: FlaskClient) -> None:
+    headers = {"Idempotency-Key": "order-2"}
+    assert client.post("/api/v1/tasks", json=JOB, headers=headers).status_code == 202
+    other = {"task": "test.echo", "params": {"value": 12}}
+    response = client.post("/api/v1/tasks", json=other, headers=headers)
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert response.json["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+@pytest.mark.parametrize("key", ["", '""', "x" * 256, "caf\u00e9"])
+def test_malformed_keys_are_400(app: Flask, client: FlaskClient, key: str) -> None:
+    before = index_size(app)
+    response = client.post("/api/v1/tasks", json=JOB, headers={"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    assert index_size(app) == before
+
+
+def test_concurrent_clients_with_one_key_get_one_task(
+    redis_server: Any, worker: Worker, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = errand_env(redis_server.url, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2")
+    command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+    api = Process(command, tmp_path / "g.log", env)
+    api.start()
+    ids: list[str] = []
+    try:
+        wait_for(lambda: (tmp_path / "g.log").read_bytes().count(b"Booting worker") >= 2, 20)
+        body = json.dumps({"task": "test.sleep", "params": {"seconds": 0}}).encode()
+
+        def post() -> None:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/tasks", data=body, method="POST"
+            )
+            request.add_header("Content-Type", "application/json")
+            request.add_header("Idempotency-Key", "concurrent-1")
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                assert reply.status == 202
+                ids.append(json.loads(reply.read())["id"])
+
+        wait_for(lambda: _healthy(port), 20)
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(15)
+    finally:
+        api.stop()
+    assert len(ids) == 8
+    assert len(set(ids)) == 1
+    store = redis_server.client()
+    settle(1)
+    assert int(store.get(f"test:runs:{ids[0]}") or 0) == 1
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def test_retry_resubmits_and_links_both_ways(client: FlaskClient, worker: Worker) -> None:
+    failed_url = submit(client, "test.echo", {"value": 9, "fail": True})
+    assert wait_state(client, failed_url)["state"] == "FAILURE"
+    response = client.post(failed_url + "/retry")
+    assert response.status_code == 202
+    retried = response.json
+    assert retried["id"] != failed_url.rsplit("/", 1)[-1]
+    assert retried["links"]["retry_of"] == failed_url
+    assert response.headers["Location"] == retried["links"]["self"]
+    assert client.get(failed_url).json["links"]["retried_by"] == retried["links"]["self"]
+    again = wait_state(client, retried["links"]["self"])
+    assert again["error"] == {"type": "ValueError", "message": "asked to fail with 9"}
+
+
+def test_retry_of_a_cancelled_task_runs_it(client: FlaskClient, worker: Worker) -> None:
+    url = submit(client, "test.echo", {"value": 21}, countdown=30)
+    client.delete(url)
+    retried = client.post(url + "/retry").json
+    assert wait_state(client, retried["links"]["self"])["result"] == 21
+
+
+def test_retry_needs_a_failed_task(client: FlaskClient, worker: Worker) -> None:
+    url = submit(client, "test.echo", {"value": 1})
+    wait_state(client, url)
+    response = client.post(url + "/retry")
+    assert response.status_code == 409
+    assert response.mimetype == "application/problem+json"
+    assert (
+        client.post("/api/v1/tasks/00000000-0000-0000-0000-000000000000/retry").status_code == 404
+    )
