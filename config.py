@@ -90,6 +90,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Our subclass of Celery's Redis backend also closes task records.
         "result_backend": f"app.results:ResultStore+{result_url}",
         "result_expires": retention,
+        # A finished task whose result cannot be stored waits and retries (its
+        # message stays unacknowledged and leased) rather than being lost.
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": 2000,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "redis_socket_timeout": timeout,
         "redis_socket_connect_timeout": timeout,
@@ -104,6 +108,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_track_started": True,
+        "task_default_queue": env.get("TASK_QUEUE", "celery"),
+        # Task events, so that Flower pointed at the same broker sees Errand's tasks.
+        "worker_send_task_events": True,
         "worker_prefetch_multiplier": _int(env, "WORKER_PREFETCH_MULTIPLIER", 1, low=1),
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_publish_retry_policy": {

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 import config
-from app import api, errors, extensions, health, log, mail, tasks  # noqa: F401  (task types)
+from app import api, errors, extensions, health, log, mail, ops, tasks  # noqa: F401  (task types)
 from app.celery_app import celery_init_app
 
 
@@ -26,5 +26,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     celery_init_app(app)
     errors.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
     app.register_blueprint(health.bp)
     return app

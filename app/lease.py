@@ -16,14 +16,16 @@ The same thread records the worker's heartbeat, which ``/readyz`` reads.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, ClassVar
 
 from celery import bootsteps
+from celery.worker import state as worker_state
 
 from app.extensions import connect
-from app.records import WORKERS
+from app.records import WORKERS, isotime
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +84,43 @@ class Lease(bootsteps.StartStopStep):
         )
         broker = connect(conf.broker_url, timeout) if redis_broker else None
         results = flask_app.extensions["errand.redis"]
+        about = worker_key(worker.hostname)
+        started = time.time()
         while True:
             try:
                 tags = held_tags(worker) if broker is not None else []
                 now = time.time()
                 if tags and broker is not None:
                     broker.zadd(index_key, dict.fromkeys(tags, now), xx=True)
-                results.zadd(WORKERS, {worker.hostname: now})
+                pipe = results.pipeline(transaction=False)
+                pipe.zadd(WORKERS, {worker.hostname: now})
+                pipe.hset(about, mapping=describe(worker, now, started))
+                pipe.expire(about, int(3 * interval) + 1)
+                pipe.execute()
             except Exception as exc:  # keep renewing: a blip must not end the leases
                 log.warning("lease renewal failed: %s", exc)
             if self.stopping.wait(interval):
                 break
         try:
-            results.zrem(WORKERS, worker.hostname)
+            results.pipeline().zrem(WORKERS, worker.hostname).delete(about).execute()
         except Exception as exc:  # the heartbeat then ages out on its own
             log.warning("could not remove heartbeat: %s", exc)
+
+
+def worker_key(hostname: str) -> str:
+    """The Redis hash that describes a live worker."""
+    return f"errand:worker:{hostname}"
+
+
+def describe(worker: Any, now: float, started: float) -> dict[str, Any]:
+    """What ``GET /api/v1/workers`` shows of this worker."""
+    return {
+        "name": worker.hostname,
+        "pool": getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1],
+        "concurrency": worker.concurrency,
+        "active": len(worker_state.active_requests),
+        "reserved": len(worker_state.reserved_requests),
+        "pid": os.getpid(),
+        "started_at": isotime(started),
+        "heartbeat_at": isotime(now),
+    }

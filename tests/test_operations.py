@@ -130,3 +130,32 @@ def test_retry_needs_a_failed_task(client: FlaskClient, worker: Worker) -> None:
     assert (
         client.post("/api/v1/tasks/00000000-0000-0000-0000-000000000000/retry").status_code == 404
     )
+
+
+def test_workers_and_queues_are_listed(client: FlaskClient, worker: Worker) -> None:
+    items = wait_for(lambda: client.get("/api/v1/workers").json["items"], 10)
+    (main,) = [w for w in items if w["name"].startswith("main@")]
+    assert main["pool"] == "prefork"
+    assert main["concurrency"] == 2
+    assert main["heartbeat_at"].endswith("Z")
+    url = submit(client, "test.sleep", {"seconds": 3})
+    wait_state(client, url, {"STARTED"})
+    busy = wait_for(
+        lambda: [w for w in client.get("/api/v1/workers").json["items"] if w["active"]], 10
+    )
+    assert busy[0]["name"] == main["name"]
+    queues = client.get("/api/v1/queues").json["items"]
+    assert [q["name"] for q in queues] == ["celery"]
+    assert queues[0]["depth"] >= 0
+
+
+def test_queue_depth_counts_waiting_messages(stack: Any) -> None:
+    server = stack("redis")  # no worker: messages stay queued
+    from tests.conftest import make_app
+
+    quiet = make_app(server.url).test_client()
+    for value in range(3):
+        submit(quiet, "test.echo", {"value": value})
+    submit(quiet, "test.echo", {"value": 9}, priority=9)
+    assert quiet.get("/api/v1/queues").json["items"] == [{"name": "celery", "depth": 4}]
+    assert quiet.get("/api/v1/workers").json["items"] == []
