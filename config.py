@@ -52,6 +52,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
+    value = env.get(name, "") or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(sorted(allowed))}, not {value!r}")
+    return value
+
+
 def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the Flask configuration (with a ``CELERY`` section) for this environment."""
     env = os.environ if environ is None else environ
@@ -140,6 +147,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SUBMIT_DEADLINE": 4.0,
         "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
+        "LOG_FORMAT": _choice(env, "LOG_FORMAT", "text", {"text", "json"}),
         "TASK_MODULES": [m.strip() for m in env.get("TASK_MODULES", "").split(",") if m.strip()],
         "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
         "MAIL_PORT": _int(env, "MAIL_PORT", 1025, low=1),

@@ -12,7 +12,11 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = "-"
 errorlog = "-"
-access_log_format = os.environ.get(
-    "GUNICORN_ACCESS_LOG_FORMAT",
-    '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s',
-)
+if os.environ.get("LOG_FORMAT") == "json":
+    _access = (
+        '{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '
+        '"bytes": "%(B)s", "ms": %(M)s, "request_id": "%({x-request-id}o)s"}'
+    )
+else:
+    _access = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+access_log_format = os.environ.get("GUNICORN_ACCESS_LOG_FORMAT", _access)

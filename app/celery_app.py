@@ -14,8 +14,10 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
+from celery.signals import setup_logging
 from flask import Flask
 
+from app import log as log_setup
 from app import records
 from app.extensions import store
 from app.lease import Lease
@@ -34,6 +36,11 @@ def celery_init_app(app: Flask) -> Celery:
                 if self.errand_record and not self.request.called_directly:
                     begin(self)
                 return self.run(*args, **kwargs)
+
+    @setup_logging.connect(weak=False, dispatch_uid="errand-logging")
+    def keep_errand_logging(loglevel: str | int | None = None, **kwargs: Any) -> None:
+        # Connected, this stops Celery from replacing Errand's handler and format.
+        log_setup.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
@@ -58,6 +65,7 @@ def begin(task: Task) -> None:
             time.sleep(1)
             raise Reject(str(exc), requeue=True) from exc
         if verdict == "run":
+            log.info("task %s started", task.name)
             return
         if verdict == "revoked":
             log.info("task %s was cancelled before it started", task_id)

@@ -1,4 +1,9 @@
-"""Logging with a request id that follows each request (``X-Request-ID``)."""
+"""Logging, as text or JSON, with a request id that follows a job into the worker.
+
+The API takes the client's ``X-Request-ID`` (or makes one), answers with it, and
+sends it with the task as the ``errand_request_id`` header; the worker's log
+lines for that task carry the same ``request_id`` and the ``task_id``.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,58 @@ import logging
 import re
 import uuid
 
+from celery import current_task
 from flask import Flask, Response, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(task_id)s] %(message)s"
+JSON_FIELDS = ["asctime", "levelname", "name", "message", "request_id", "task_id"]
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every log record (``-`` outside a request)."""
+    """Adds ``request_id`` and ``task_id`` to every log record (``-`` where there is none)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        request_id, task_id = "-", "-"
+        if has_request_context():
+            request_id = g.get("request_id", "-")
+        else:
+            task = current_task
+            if task and task.request.id:
+                task_id = task.request.id
+                request_id = getattr(task.request, "errand_request_id", None) or "-"
+        record.request_id = getattr(record, "request_id", request_id)
+        record.task_id = getattr(record, "task_id", task_id)
         return True
+
+
+def handler(log_format: str) -> logging.Handler:
+    """A stderr handler in the chosen format (``text`` or ``json``)."""
+    stream = logging.StreamHandler()
+    if log_format == "json":
+        stream.setFormatter(
+            JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"})
+        )
+    else:
+        stream.setFormatter(logging.Formatter(TEXT_FORMAT))
+    stream.addFilter(RequestIdFilter())
+    return stream
+
+
+def configure(level: str, log_format: str) -> None:
+    """Send every logger (ours, Flask's, Celery's) through one handler."""
+    root = logging.getLogger()
+    root.handlers[:] = [handler(log_format)]
+    root.setLevel(level)
+    ours = logging.getLogger("app")
+    ours.handlers[:] = []
+    ours.propagate = True
 
 
 def init_app(app: Flask) -> None:
     """Configure logging and give every request an id, taken from the client if sane."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger("app")
-    root.handlers[:] = [handler]
-    root.setLevel(app.config["LOG_LEVEL"])
-    root.propagate = False
+    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     @app.before_request
     def assign_request_id() -> None:

@@ -1,0 +1,60 @@
+"""JSON logs, with one request id from the HTTP request into the worker's lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_app, submit, wait_state
+from tests.support import errand_env
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_request_id_follows_the_job_into_the_worker(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    env = errand_env(server.url, LOG_FORMAT="json")
+    log = tmp_path / "w.log"
+    stack("worker", env, log, "json", concurrency=1)
+    client = make_app(server.url, LOG_FORMAT="json").test_client()
+    response = client.post(
+        "/api/v1/tasks",
+        json={"task": "test.echo", "params": {"value": 1}},
+        headers={"X-Request-ID": "trace-42"},
+    )
+    assert response.headers["X-Request-ID"] == "trace-42"
+    task = wait_state(client, response.headers["Location"])
+    lines = json_lines(log.read_text())
+    assert lines, "the worker logged no JSON"
+    traced = [line for line in lines if line.get("request_id") == "trace-42"]
+    assert traced, "no worker line carries the request id"
+    assert all(line["task_id"] == task["id"] for line in traced)
+    assert {"asctime", "level", "logger", "message"} <= traced[0].keys()
+    assert any("started" in line["message"] for line in traced)
+
+
+def test_api_logs_json_with_the_request_id(
+    redis_server: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    app = make_app(redis_server.url, LOG_FORMAT="json")
+
+    @app.get("/fails")
+    def fails() -> str:
+        raise RuntimeError("kaput")
+
+    client = app.test_client()
+    assert client.get("/fails", headers={"X-Request-ID": "req-7"}).status_code == 500
+    submit(client, "test.echo", {"value": 1})
+    lines = json_lines(capfd.readouterr().err)
+    (error,) = [line for line in lines if line.get("request_id") == "req-7"]
+    assert error["level"] == "ERROR"
+    assert "kaput" in error["exc_info"]
