@@ -147,6 +147,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SUBMIT_DEADLINE": 4.0,
         "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
+        # gunicorn.conf.py sets this so that every gunicorn worker's metrics add up.
+        "METRICS_MULTIPROCESS": bool(env.get("PROMETHEUS_MULTIPROC_DIR")),
         "LOG_FORMAT": _choice(env, "LOG_FORMAT", "text", {"text", "json"}),
         "TASK_MODULES": [m.strip() for m in env.get("TASK_MODULES", "").split(",") if m.strip()],
         "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 import config
-from app import api, errors, extensions, health, log, mail, ops, tasks  # noqa: F401  (task types)
+from app import api, errors, extensions, health, log, mail, metrics, ops, tasks  # noqa: F401  (task types)
 from app.celery_app import celery_init_app
 
 
@@ -23,7 +23,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         importlib.import_module(module)  # a team's own task types
     log.init_app(app)
     extensions.init_app(app)
-    celery_init_app(app)
+    celery_app = celery_init_app(app)
+    metrics.init_worker(celery_app, app)
+    metrics.init_app(app)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)

@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
@@ -114,6 +114,7 @@ def submit() -> Response:
     except ValidationError as exc:
         raise Unprocessable("the submission is not valid", _errors(exc)) from None
     task_type = registry.get(submission.task)
+    g.task_type = submission.task if task_type else "unknown"
     if task_type is None:
         raise Unprocessable(
             f"unknown task type {submission.task!r}",

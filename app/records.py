@@ -25,6 +25,8 @@ RECORD_PREFIX = "errand:task:"
 INDEX = "errand:index"
 RESULT_PREFIX = "celery-task-meta-"
 WORKERS = "errand:workers"
+STATE_COUNTS = "errand:metrics:states"  # "<task>|<state>" -> how many times reached
+RUNTIMES = "errand:metrics:runtime"  # "<task>|<bucket>", "<task>|sum", "<task>|count"
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 STATES = frozenset({"PENDING", "STARTED", "PROGRESS", "RETRY"}) | FINAL_STATES

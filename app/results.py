@@ -10,10 +10,11 @@ from typing import Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from app.records import RECORD_PREFIX, isotime
+from app.records import RECORD_PREFIX, STATE_COUNTS, isotime
 
 # One round trip stores a state and updates the record it belongs to: a final
-# state closes the record and gives it the result's lifetime, a retry counts.
+# state closes the record and gives it the result's lifetime, a retry counts,
+# and every state but PROGRESS counts in the metrics (per task type).
 # A record that does not exist (an id this API never issued) is not created.
 _STORE = """
 local ttl = tonumber(ARGV[2])
@@ -23,10 +24,12 @@ else
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
+local task = redis.call('HGET', KEYS[2], 'task')
+if task then
+  if ARGV[3] ~= 'PROGRESS' then redis.call('HINCRBY', KEYS[3], task .. '|' .. ARGV[3], 1) end
   if ARGV[3] == 'RETRY' then
     redis.call('HINCRBY', KEYS[2], 'retries', 1)
-  elseif ARGV[3] == 'final' then
+  elseif ARGV[6] == 'final' then
     redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4])
     if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
   end
@@ -53,10 +56,10 @@ class ResultStore(RedisBackend):
             return super()._set_with_state(key, value, state)
         task_id = key[len(prefix) :]
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        kind = "final" if state in states.READY_STATES else state
-        return self.ensure(self._store, (key, task_id, value, expires or 0, kind))
+        return self.ensure(self._store, (key, task_id, value, expires or 0, state))
 
-    def _store(self, key: str, task_id: str, value: str, expires: float, kind: str) -> Any:
-        ttl = int(expires)
-        args = [value, ttl, kind, isotime(), int(self.expires or 0)]
-        return self.client.eval(_STORE, 2, key, RECORD_PREFIX + task_id, *args)
+    def _store(self, key: str, task_id: str, value: str, expires: float, state: str) -> Any:
+        final = "final" if state in states.READY_STATES else ""
+        args = [value, int(expires), state, isotime(), int(self.expires or 0), final]
+        keys = [key, RECORD_PREFIX + task_id, STATE_COUNTS]
+        return self.client.eval(_STORE, len(keys), *keys, *args)

@@ -1,0 +1,181 @@
+"""Prometheus metrics at ``/metrics``.
+
+Two kinds, so the numbers are right however many processes serve the API:
+
+- What each API process sees (request latency, submits by outcome) lives in
+  ``prometheus_client``; under gunicorn its multiprocess mode adds up the
+  workers (``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR``).
+- What the workers see (task states reached, task run time) is counted in
+  Redis, where any API process on any machine reads it at scrape time, with
+  the queue depths asked of the broker and the number of live workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import task_postrun, task_prerun
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from app.ops import live_workers, queue_depths
+from app.records import RUNTIMES, STATE_COUNTS
+
+log = logging.getLogger(__name__)
+
+RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+REQUEST_SECONDS = Histogram(
+    "errand_http_request_duration_seconds",
+    "Time to answer an HTTP request, by method, route and status.",
+    ["method", "route", "status"],
+)
+SUBMITS = Counter(
+    "errand_submits",
+    "Submits by task type and outcome (accepted, invalid, unavailable, error).",
+    ["task", "outcome"],
+)
+
+
+def _outcome(status: int) -> str:
+    if status == 202:
+        return "accepted"
+    if status == 503:
+        return "unavailable"
+    return "invalid" if status < 500 else "error"
+
+
+class WorkerMetrics(Collector):
+    """Reads, at scrape time, what the workers counted in Redis and the queue depths."""
+
+    def __init__(self, client: redis.Redis, celery_app: Celery) -> None:
+        self.client, self.celery_app = client, celery_app
+
+    def collect(self) -> Iterator[Any]:
+        states = CounterMetricFamily(
+            "errand_task_states",
+            "Times tasks reached a state, by task type.",
+            labels=["task", "state"],
+        )
+        runtimes = HistogramMetricFamily(
+            "errand_task_runtime_seconds", "Task run time measured by the workers.", labels=["task"]
+        )
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            counts, timings = pipe.hgetall(STATE_COUNTS).hgetall(RUNTIMES).execute()
+        except redis.RedisError as exc:
+            log.warning("metrics: the task store did not answer: %s", exc)
+            return
+        for field, value in sorted(counts.items()):
+            task, state = field.decode().rsplit("|", 1)
+            states.add_metric([task, state], int(value))
+        yield states
+        for task, (buckets, total) in sorted(_runtimes(timings).items()):
+            runtimes.add_metric([task], buckets, total)
+        yield runtimes
+        try:
+            depths = queue_depths()
+            workers = len(live_workers())
+        except Exception as exc:  # a scrape must not fail because the broker is down
+            log.warning("metrics: the broker did not answer: %s", exc)
+            return
+        depth = GaugeMetricFamily("errand_queue_depth", "Messages waiting.", labels=["queue"])
+        for name, value in depths.items():
+            depth.add_metric([name], value)
+        yield depth
+        yield GaugeMetricFamily("errand_workers", "Workers with a fresh heartbeat.", value=workers)
+
+
+def _runtimes(raw: dict[bytes, bytes]) -> dict[str, tuple[list[tuple[str, float]], float]]:
+    per_task: dict[str, dict[str, float]] = {}
+    for field, value in raw.items():
+        task, part = field.decode().rsplit("|", 1)
+        per_task.setdefault(task, {})[part] = float(value)
+    result = {}
+    for task, parts in per_task.items():
+        running, buckets = 0.0, []
+        for bound in [*map(str, RUNTIME_BUCKETS), "+Inf"]:
+            running += parts.get(bound, 0.0)
+            buckets.append((bound, running))
+        result[task] = (buckets, parts.get("sum", 0.0))
+    return result
+
+
+def record_runtime(client: redis.Redis, task: str, seconds: float) -> None:
+    """Count one run of ``task`` in the shared run-time histogram."""
+    bound = next((str(b) for b in RUNTIME_BUCKETS if seconds <= b), "+Inf")
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(RUNTIMES, f"{task}|{bound}", 1)
+    pipe.hincrby(RUNTIMES, f"{task}|count", 1)
+    pipe.hincrbyfloat(RUNTIMES, f"{task}|sum", seconds)
+    pipe.execute()
+
+
+def init_worker(celery_app: Celery, app: Flask) -> None:
+    """Measure each task type's run time in the worker and count it in Redis."""
+    started: dict[str, float] = {}
+
+    @task_prerun.connect(weak=False, dispatch_uid="errand-metrics-prerun")
+    def start_clock(task_id: str, task: Any, **kwargs: Any) -> None:
+        if getattr(task, "errand_record", False):
+            started[task_id] = time.monotonic()
+
+    @task_postrun.connect(weak=False, dispatch_uid="errand-metrics-postrun")
+    def stop_clock(task_id: str, task: Any, state: str | None = None, **kwargs: Any) -> None:
+        began = started.pop(task_id, None)
+        if began is None or state not in {"SUCCESS", "FAILURE", "RETRY"}:
+            return
+        try:
+            record_runtime(app.extensions["errand.redis"], task.name, time.monotonic() - began)
+        except redis.RedisError as exc:
+            log.warning("could not count the run time of %s: %s", task_id, exc)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request, count submits, and serve ``/metrics``."""
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        if "started" in g:
+            elapsed = time.perf_counter() - g.started
+            REQUEST_SECONDS.labels(request.method, route, str(response.status_code)).observe(
+                elapsed
+            )
+        if request.endpoint == "api.submit":
+            SUBMITS.labels(g.get("task_type", "unknown"), _outcome(response.status_code)).inc()
+        return response
+
+    app.add_url_rule("/metrics", "metrics", metrics)
+
+
+def metrics() -> Response:
+    """The Prometheus text format, for every process of the API and every worker."""
+    registry = CollectorRegistry()
+    if current_app.config["METRICS_MULTIPROCESS"]:
+        MultiProcessCollector(registry)
+    else:
+        registry.register(REQUEST_SECONDS)
+        registry.register(SUBMITS)
+    registry.register(
+        WorkerMetrics(current_app.extensions["errand.redis"], current_app.extensions["celery"])
+    )
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
