@@ -145,6 +145,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "VISIBILITY_TIMEOUT": visibility,
         "LEASE_INTERVAL": max(1.0, visibility / 4),
         "SUBMIT_DEADLINE": 4.0,
+        "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
         "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
         # gunicorn.conf.py sets this so that every gunicorn worker's metrics add up.

@@ -8,13 +8,16 @@ that was cancelled, does not run.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_shutting_down
 from flask import Flask
 
 from app import log as log_setup
@@ -41,6 +44,19 @@ def celery_init_app(app: Flask) -> Celery:
     def keep_errand_logging(loglevel: str | int | None = None, **kwargs: Any) -> None:
         # Connected, this stops Celery from replacing Errand's handler and format.
         log_setup.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+
+    @worker_shutting_down.connect(weak=False, dispatch_uid="errand-shutdown-grace")
+    def limit_warm_shutdown(sig: str = "", how: str = "", **kwargs: Any) -> None:
+        # A warm shutdown (SIGTERM, a deploy) waits for running tasks; past the
+        # grace it turns cold: tasks are stopped and their messages go back to
+        # the queue (late acks), to run again on another worker.
+        if how != "Warm":
+            return
+        grace = app.config["WORKER_SHUTDOWN_GRACE"]
+        log.info("warm shutdown: running tasks have %ss to finish", grace)
+        timer = threading.Timer(grace, os.kill, (os.getpid(), signal.SIGQUIT))
+        timer.daemon = True
+        timer.start()
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])

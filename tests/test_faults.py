@@ -183,3 +183,21 @@ def test_beat_runs_the_prune_job(stack: Any, tmp_path: Path) -> None:
         beat.stop()
     assert b"errand.prune_index" in (tmp_path / "beat.log").read_bytes()
     assert b"pruned 1 expired" in worker.log.read_bytes()
+
+
+def test_sigterm_past_the_grace_returns_the_job(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    client = make_app(server.url).test_client()
+    env = errand_env(server.url, WORKER_SHUTDOWN_GRACE="2")
+    first = stack("worker", env, tmp_path / "first.log", "first", concurrency=1)
+    url = submit(client, "test.sleep", {"seconds": 20})
+    wait_state(client, url, {"STARTED"})
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.proc is not None
+    first.proc.wait(15)
+    assert time.monotonic() - started < 10  # the grace, not the job's 20 s
+    stack("worker", errand_env(server.url), tmp_path / "second.log", "second", concurrency=1)
+    task = wait_state(client, url, timeout=60)
+    assert task["state"] == "SUCCESS"
+    assert runs(server.client(), url) == 2
