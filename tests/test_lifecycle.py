@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from kombu import Connection
 
 from tests.conftest import make_app, runs, settle, submit, wait_state
-from tests.support import RedisServer, Worker, wait_for
+from tests.support import RedisServer, Worker, errand_env, wait_for
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Run every test here with Redis as the broker, then with the machine's RabbitMQ.
+
+    On RabbitMQ the tests use a queue of their own, deleted afterwards; Redis
+    stays the result store.
+    """
+    if request.param == "redis":
+        yield {}
+        return
+    queue = f"errand-test-{uuid.uuid4().hex[:12]}"
+    yield {"CELERY_BROKER_URL": RABBITMQ, "TASK_QUEUE": queue}
+    with Connection(RABBITMQ, connect_timeout=5) as connection:
+        connection.default_channel.queue_delete(queue)
+
+
+@pytest.fixture(scope="module")
+def app(redis_server: RedisServer, broker_env: dict[str, str]) -> Flask:
+    return make_app(redis_server.url, **broker_env)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    redis_server: RedisServer,
+    broker_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Worker]:
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = Worker(errand_env(redis_server.url, **broker_env), log, "lifecycle")
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
 
 
 def test_progress_to_success(client: FlaskClient, worker: Worker) -> None:
@@ -183,11 +225,22 @@ def test_beat_job_prunes_expired_ids_from_the_index(
     store = redis_server.client()
     old = int((time.time() - app.config["TASK_RETENTION"] - 60) * 1_000_000)
     kept = submit(client, "test.echo", {"value": 5}).rsplit("/", 1)[-1]
+    real_score = store.zscore("errand:index", kept)
     store.zadd("errand:index", {"expired-1": old, "expired-2": old + 1, kept: old})
     store.zadd("errand:index:test.echo", {"expired-3": old})
     result = app.extensions["celery"].send_task("errand.prune_index")
     wait_for(lambda: store.zscore("errand:index", "expired-1") is None, 20)
     assert store.zscore("errand:index", "expired-2") is None
     assert store.zscore("errand:index:test.echo", "expired-3") is None
-    assert store.zscore("errand:index", kept) is not None  # its record is alive
+    assert store.zscore("errand:index", kept) == old  # its record is alive
+    store.zadd("errand:index", {kept: real_score})
     assert result.id
+
+
+def test_ready_and_queues_on_this_broker(
+    client: FlaskClient, worker: Worker, broker_env: dict[str, str]
+) -> None:
+    wait_for(lambda: client.get("/readyz").status_code == 200, 15)
+    queues = client.get("/api/v1/queues").json["items"]
+    assert [q["name"] for q in queues] == [broker_env.get("TASK_QUEUE", "celery")]
+    assert isinstance(queues[0]["depth"], int)
