@@ -201,3 +201,22 @@ def test_sigterm_past_the_grace_returns_the_job(stack: Any, tmp_path: Path) -> N
     task = wait_state(client, url, timeout=60)
     assert task["state"] == "SUCCESS"
     assert runs(server.client(), url) == 2
+
+
+def test_result_store_down_while_a_task_finishes(stack: Any, tmp_path: Path) -> None:
+    broker = stack("redis")
+    results = stack("redis", aof=True)
+    env = errand_env(results.url, CELERY_BROKER_URL=broker.url)
+    stack("worker", env, tmp_path / "w.log", "results", concurrency=1)
+    client = make_app(results.url, CELERY_BROKER_URL=broker.url).test_client()
+    url = submit(client, "test.sleep", {"seconds": 2})
+    wait_state(client, url, {"STARTED"})
+    results.kill()
+    settle(4)  # the task finishes meanwhile and cannot store its result
+    assert client.get(url).status_code == 503
+    results.start()
+    task = wait_state(client, url, timeout=30)
+    assert task["state"] == "SUCCESS"
+    assert task["result"] == {"runs": 1}
+    settle(2)
+    assert runs(results.client(), url) == 1
