@@ -11,6 +11,7 @@ except those of a batch in flight when a worker died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import smtplib
@@ -158,6 +159,13 @@ class TimedConnection(Connection):
         if self.mail.username and self.mail.password:
             host.login(self.mail.username, self.mail.password)
         return host
+
+    def __exit__(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        # Once the server has accepted the messages, a failing QUIT changes
+        # nothing: raising here would retry the job and send them all again.
+        if self.host is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self.host.quit()
 
 
 def connect() -> TimedConnection:

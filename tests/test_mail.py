@@ -45,7 +45,8 @@ def test_send_delivers_exactly_what_was_asked(
     assert sorted(envelope.rcpt_tos) == sorted(
         ["ada@example.com", "bob@example.org", "carol@example.com", "dave@example.net"]
     )
-    assert message["To"] == "ada@example.com, bob@example.org"
+    # Flask-Mail removes duplicates through a set, so the order of To is not kept.
+    assert sorted(message["To"].split(", ")) == ["ada@example.com", "bob@example.org"]
     assert message["Cc"] == "carol@example.com"
     assert message["Bcc"] is None  # bcc reaches the envelope, never the headers
     assert message["Reply-To"] == "replies@example.com"
