@@ -106,6 +106,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "redis_socket_connect_timeout": timeout,
         "redis_retry_on_timeout": True,
         "broker_transport_options": transport,
+        "broker_transport": (
+            "app.broker:Transport" if broker_url.startswith(("redis://", "rediss://")) else None
+        ),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": timeout,
         "visibility_timeout": visibility,
