@@ -82,7 +82,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
     retention = _int(env, "TASK_RETENTION", 7 * 24 * 3600, low=60)
     visibility = _int(env, "VISIBILITY_TIMEOUT", 60, low=4)
-    timeout = _float(env, "REDIS_TIMEOUT", 1.5)
+    timeout = _float(env, "REDIS_TIMEOUT", 1.0)
     restore_interval = max(1, visibility // 6)
 
     transport = {
