@@ -68,8 +68,13 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     production = errand_env == "production"
 
     secret_key = env.get("SECRET_KEY", "")
+    auth_disabled = _bool(env, "AUTH_DISABLED", False)
     if production and not secret_key:
         raise ConfigError("SECRET_KEY must be set when ERRAND_ENV=production")
+    if production and auth_disabled:
+        raise ConfigError("AUTH_DISABLED must not be set when ERRAND_ENV=production")
+    if production and _bool(env, "FLASK_DEBUG", False):
+        raise ConfigError("FLASK_DEBUG must be off when ERRAND_ENV=production")
 
     redis_url = env.get("REDIS_URL", "redis://localhost:6379/0")
     broker_url = env.get("CELERY_BROKER_URL") or redis_url
@@ -148,6 +153,14 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "VISIBILITY_TIMEOUT": visibility,
         "LEASE_INTERVAL": max(1.0, visibility / 4),
         "SUBMIT_DEADLINE": 4.0,
+        "AUTH_DISABLED": auth_disabled,
+        "KEY_CACHE_SECONDS": _float(env, "KEY_CACHE_SECONDS", 5.0),
+        "METRICS_PUBLIC": _bool(env, "METRICS_PUBLIC", False),
+        "RATE_LIMIT_SUBMIT": env.get("RATE_LIMIT_SUBMIT", "50 per second"),
+        "RATE_LIMIT_READ": env.get("RATE_LIMIT_READ", "200 per second"),
+        "IN_FLIGHT_LIMIT": _int(env, "IN_FLIGHT_LIMIT", 1000, low=1),
+        "IN_FLIGHT_RETRY_AFTER": _int(env, "IN_FLIGHT_RETRY_AFTER", 5, low=1),
+        "CORS_ORIGINS": [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
         "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
         "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),

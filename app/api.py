@@ -11,8 +11,9 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
-from app import jobs, records
+from app import auth, jobs, records
 from app.errors import InvalidBody, TaskNotFound, Unprocessable
+from app.limits import limiter, submit_exempt, submit_limit
 from app.tasktypes import registry
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -84,7 +85,8 @@ def idempotency_of(
     fingerprint = hashlib.sha256(
         json.dumps(request_body, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
-    key = "errand:idem:" + hashlib.sha256(value.encode()).hexdigest()
+    scoped = f"{auth.current().key_id}\0{value}"  # keys of different owners never meet
+    key = "errand:idem:" + hashlib.sha256(scoped.encode()).hexdigest()
     return key, fingerprint
 
 
@@ -108,6 +110,7 @@ def task_response(task: dict[str, Any], status: int = 200) -> Response:
 
 
 @bp.post("/tasks")
+@limiter.limit(submit_limit, exempt_when=submit_exempt)
 def submit() -> Response:
     try:
         submission = Submission.model_validate(json_object())

@@ -5,6 +5,7 @@
     ├── TaskNotFound      404  unknown, expired, or not yours
     ├── StateConflict     409  the task's state does not allow it (cancel a final task)
     ├── Unprocessable     422  unknown task type, bad params, options or filters
+    ├── TooManyInFlight   429  the key has as many unfinished tasks as it may
     └── BrokerUnavailable 503  the broker or the record store did not answer
 
 Werkzeug's own HTTP errors (404, 405, 413, 415, ...) and unexpected
@@ -17,6 +18,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from flask import Flask, Response, g, json
 from werkzeug.exceptions import HTTPException
 
@@ -61,6 +63,18 @@ class Unprocessable(APIError):
     status = 422
 
 
+class TooManyInFlight(APIError):
+    """The key has as many unfinished tasks as it may have."""
+
+    status = 429
+
+    def __init__(self, detail: str, retry_after: int, limit: int) -> None:
+        super().__init__(detail)
+        self.headers["Retry-After"] = str(retry_after)
+        self.headers["RateLimit-Policy"] = f'"in-flight";q={limit}'
+        self.headers["RateLimit"] = f'"in-flight";r=0;t={retry_after}'
+
+
 class BrokerUnavailable(APIError):
     """The broker or the record store did not answer in time."""
 
@@ -101,6 +115,11 @@ def handle_http_exception(error: HTTPException) -> Response:
     return problem(status, error.description or HTTPStatus(status).phrase, headers=headers)
 
 
+def handle_store_down(error: redis.RedisError) -> Response:
+    log.warning("Redis did not answer: %s", error)
+    return problem(503, "the task store did not answer", headers={"Retry-After": "5"})
+
+
 def handle_unexpected(error: Exception) -> Response:
     request_id = g.get("request_id", "-")
     log.exception("unexpected error in request %s", request_id)
@@ -111,4 +130,5 @@ def init_app(app: Flask) -> None:
     """Send every error through problem+json."""
     app.register_error_handler(APIError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(redis.RedisError, handle_store_down)
     app.register_error_handler(Exception, handle_unexpected)

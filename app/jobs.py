@@ -22,9 +22,15 @@ from celery.exceptions import CeleryError
 from flask import current_app, g
 from kombu.exceptions import KombuError
 
-from app import records
+from app import auth, records
 from app.celery_app import celery_of, task_headers
-from app.errors import BrokerUnavailable, StateConflict, TaskNotFound, Unprocessable
+from app.errors import (
+    BrokerUnavailable,
+    StateConflict,
+    TaskNotFound,
+    TooManyInFlight,
+    Unprocessable,
+)
 from app.extensions import store
 from app.tasktypes import TaskType, registry
 
@@ -57,14 +63,17 @@ def submit(
     task_id = str(uuid.uuid4())
     created = time.time()
     deadline_us = int((created + current_app.config["SUBMIT_DEADLINE"]) * 1_000_000)
+    owner = auth.current().key_id
     if idempotency is not None:
         existing = _claim(idempotency, task_id, deadline_us)
         if existing is not None:
             return existing
+    if owner:
+        _reserve(owner, task_id, deadline_us, idempotency)
     try:
         _publish(task_type, params, options, task_id, deadline_us)
         written = records.create(
-            store(), task_id, task_type.name, created, deadline_us, params, retry_of
+            store(), task_id, task_type.name, created, deadline_us, params, owner, retry_of
         )
         if not written and time.time() * 1_000_000 < deadline_us:
             log.error("submit %s: Redis's clock is past the deadline: check clock skew", task_id)
@@ -72,9 +81,11 @@ def submit(
         log.warning("submit %s: broker or record store unreachable: %r", task_id, exc)
         written = False
     if not written:
-        if idempotency is not None:
-            with contextlib.suppress(*UNREACHABLE):
+        with contextlib.suppress(*UNREACHABLE):
+            if idempotency is not None:
                 records.release_key(store(), idempotency[0], task_id)
+            if owner:
+                records.unreserve(store(), owner, task_id)
         raise BrokerUnavailable("the broker or the task store did not answer in time")
     record = {"task": task_type.name, "created_at": records.isotime(created), "retries": "0"}
     if retry_of:
@@ -93,6 +104,26 @@ def _publish(
     celery_of(current_app).tasks[task_type.name].apply_async(
         args=[params], task_id=task_id, headers=headers, **options
     )
+
+
+def _reserve(
+    owner: str, task_id: str, deadline_us: int, idempotency: tuple[str, str] | None
+) -> None:
+    """Take a place among the key's tasks in flight, or answer 429."""
+    cap = current_app.config["IN_FLIGHT_LIMIT"]
+    try:
+        taken = records.reserve(store(), owner, task_id, deadline_us, cap)
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
+    if not taken:
+        if idempotency is not None:
+            with contextlib.suppress(*UNREACHABLE):
+                records.release_key(store(), idempotency[0], task_id)
+        raise TooManyInFlight(
+            f"this key has {cap} tasks that have not finished; wait for some to finish",
+            retry_after=current_app.config["IN_FLIGHT_RETRY_AFTER"],
+            limit=cap,
+        )
 
 
 def _claim(idempotency: tuple[str, str], task_id: str, deadline_us: int) -> dict[str, Any] | None:
@@ -142,7 +173,9 @@ def status(task_id: str) -> dict[str, Any]:
         (found,) = records.read(store(), [task_id])
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
-    if found is None:
+    principal = auth.current()
+    # Another owner's task answers exactly as an unknown id does.
+    if found is None or not (principal.admin or found[0].get("owner") == principal.key_id):
         raise TaskNotFound(f"no task {task_id}")
     return records.resource(task_id, *found)
 
@@ -169,7 +202,11 @@ def list_tasks(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of tasks, newest first, and the cursor of the next page."""
     client = store()
-    index = records.type_index(task_name) if task_name else records.INDEX
+    principal = auth.current()
+    if principal.admin:
+        index = records.type_index(task_name) if task_name else records.INDEX
+    else:
+        index = records.owner_index(principal.key_id, task_name)
     batch = limit if state is None else 200
     budget = 1000  # index entries read per request, so a rare state cannot stall it
     items: list[dict[str, Any]] = []

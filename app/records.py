@@ -35,14 +35,31 @@ STATES = frozenset({"PENDING", "STARTED", "PROGRESS", "RETRY"}) | FINAL_STATES
 # deadline: a write that a hung Redis applies late, after the API has already
 # answered 503, changes nothing. The worker uses the same clock to tell a
 # record still on its way from one that will never come (``BEGIN``).
+# KEYS: the record, the record retried ('' if none), the owner's in-flight set,
+# then the indexes. The in-flight entry, reserved before the publish, is kept
+# for good (score +inf) until the task is final (see app.results).
 _CREATE = """
 local t = redis.call('TIME')
 if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'task', ARGV[2], 'created_at', ARGV[3],
            'created_us', ARGV[4], 'retries', 0, unpack(ARGV, 6))
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-if KEYS[4] then redis.call('HSET', KEYS[4], 'retried_by', ARGV[5]) end
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[4], ARGV[5]) end
+if KEYS[2] ~= '' then redis.call('HSET', KEYS[2], 'retried_by', ARGV[5]) end
+redis.call('ZADD', KEYS[3], 'XX', 'inf', ARGV[5])
+return 1
+"""
+
+# Reserve a place among an owner's tasks in flight, before the publish. Places
+# reserved by submits that never completed (no record once their deadline has
+# passed) are given back first.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  if redis.call('EXISTS', ARGV[4] .. id) == 0 then redis.call('ZREM', KEYS[1], id) end
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return 1
 """
 
@@ -107,6 +124,27 @@ def isotime(moment: datetime | float | None = None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def owner_index(owner: str, task_name: str | None = None) -> str:
+    """The index of one owner's tasks (of one type, if given)."""
+    return f"{INDEX}:owner:{owner}" + (f":{task_name}" if task_name else "")
+
+
+def in_flight_key(owner: str) -> str:
+    """The sorted set of an owner's tasks that are not final yet."""
+    return f"errand:inflight:{owner}"
+
+
+def reserve(client: redis.Redis, owner: str, task_id: str, deadline_us: int, cap: int) -> bool:
+    """Take a place among the owner's tasks in flight; False when all ``cap`` are taken."""
+    key = in_flight_key(owner)
+    return bool(client.eval(_RESERVE, 1, key, cap, task_id, deadline_us, RECORD_PREFIX))
+
+
+def unreserve(client: redis.Redis, owner: str, task_id: str) -> None:
+    """Give a place back after a submit that failed."""
+    client.zrem(in_flight_key(owner), task_id)
+
+
 def create(
     client: redis.Redis,
     task_id: str,
@@ -114,19 +152,23 @@ def create(
     created: float,
     deadline_us: int,
     params: dict[str, Any],
+    owner: str = "",
     retry_of: str | None = None,
 ) -> bool:
     """Write a new record and index it; False when Redis got it after the deadline.
 
     The params are kept for ``POST /api/v1/tasks/<id>/retry``; a retry also
-    links the record it retries to the new one.
+    links the record it retries to the new one. An owner's tasks have an
+    index of their own (all, and per type), for their listings.
     """
     created_us = int(created * 1_000_000)
-    keys = [record_key(task_id), INDEX, type_index(task_name)]
+    keys = [record_key(task_id), record_key(retry_of) if retry_of else "", in_flight_key(owner)]
+    keys += [INDEX, type_index(task_name)]
+    if owner:
+        keys += [owner_index(owner), owner_index(owner, task_name)]
     args = [deadline_us, task_name, isotime(created), created_us, task_id]
-    args += ["params", json.dumps(params, separators=(",", ":"))]
+    args += ["params", json.dumps(params, separators=(",", ":")), "owner", owner]
     if retry_of:
-        keys.append(record_key(retry_of))
         args += ["retry_of", retry_of]
     return bool(client.eval(_CREATE, len(keys), *keys, *args))
 
@@ -167,6 +209,7 @@ FIELDS = (
     "retries",
     "retry_of",
     "retried_by",
+    "owner",
 )
 
 

@@ -30,6 +30,8 @@ if task then
   if ARGV[3] == 'RETRY' then
     redis.call('HINCRBY', KEYS[2], 'retries', 1)
   elseif ARGV[6] == 'final' then
+    local owner = redis.call('HGET', KEYS[2], 'owner')
+    if owner then redis.call('ZREM', 'errand:inflight:' .. owner, ARGV[7]) end
     redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4])
     if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
   end
@@ -60,6 +62,6 @@ class ResultStore(RedisBackend):
 
     def _store(self, key: str, task_id: str, value: str, expires: float, state: str) -> Any:
         final = "final" if state in states.READY_STATES else ""
-        args = [value, int(expires), state, isotime(), int(self.expires or 0), final]
+        args = [value, int(expires), state, isotime(), int(self.expires or 0), final, task_id]
         keys = [key, RECORD_PREFIX + task_id, STATE_COUNTS]
         return self.client.eval(_STORE, len(keys), *keys, *args)

@@ -210,7 +210,7 @@ def test_list_filters_and_cursor(client: FlaskClient, worker: Worker) -> None:
 
 def test_status_is_one_round_trip(stack: Any) -> None:
     server = stack("redis")  # a quiet server: no worker, so only our commands count
-    quiet = make_app(server.url).test_client()
+    quiet = make_app(server.url, RATE_LIMIT_READ="").test_client()
     url = submit(quiet, "test.echo", {"value": 4})
     counter = server.client()
     before = counter.info("stats")["total_commands_processed"]
