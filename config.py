@@ -28,7 +28,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, zero_ok: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -36,7 +36,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not zero_ok):
         raise ConfigError(f"{name} must be above 0, not {value}")
     return value
 
@@ -154,7 +154,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LEASE_INTERVAL": max(1.0, visibility / 4),
         "SUBMIT_DEADLINE": 4.0,
         "AUTH_DISABLED": auth_disabled,
-        "KEY_CACHE_SECONDS": _float(env, "KEY_CACHE_SECONDS", 5.0),
+        "KEY_CACHE_SECONDS": _float(env, "KEY_CACHE_SECONDS", 5.0, zero_ok=True),
         "METRICS_PUBLIC": _bool(env, "METRICS_PUBLIC", False),
         "RATE_LIMIT_SUBMIT": env.get("RATE_LIMIT_SUBMIT", "50 per second"),
         "RATE_LIMIT_READ": env.get("RATE_LIMIT_READ", "200 per second"),

@@ -2,6 +2,7 @@
 
     APIError
     ├── InvalidBody       400  the body is not a JSON object
+    ├── Unauthenticated   401  no API key, or a wrong or revoked one
     ├── TaskNotFound      404  unknown, expired, or not yours
     ├── StateConflict     409  the task's state does not allow it (cancel a final task)
     ├── Unprocessable     422  unknown task type, bad params, options or filters
@@ -43,6 +44,17 @@ class InvalidBody(APIError):
     """The body is not a JSON object."""
 
     status = 400
+
+
+class Unauthenticated(APIError):
+    """No API key, or a wrong or revoked one."""
+
+    status = 401
+
+    def __init__(self, detail: str, error: str | None = None) -> None:
+        super().__init__(detail)
+        challenge = 'Bearer realm="errand"' + (f', error="{error}"' if error else "")
+        self.headers["WWW-Authenticate"] = challenge
 
 
 class TaskNotFound(APIError):
