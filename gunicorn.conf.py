@@ -17,10 +17,10 @@ errorlog = "-"
 if os.environ.get("LOG_FORMAT") == "json":
     _access = (
         '{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '
-        '"bytes": "%(B)s", "ms": %(M)s, "request_id": "%({x-request-id}o)s"}'
+        '"bytes": "%(B)s", "ms": %(M)s, "pid": %(p)s, "request_id": "%({x-request-id}o)s"}'
     )
 else:
-    _access = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+    _access = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s request_id=%({x-request-id}o)s'
 access_log_format = os.environ.get("GUNICORN_ACCESS_LOG_FORMAT", _access)
 
 # Metrics of every gunicorn worker add up (prometheus_client's multiprocess mode):

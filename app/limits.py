@@ -54,12 +54,12 @@ def add_headers(response: Response) -> Response:
     where the client needs it, says it.
     """
     current = limiter.current_limit
-    if current is None:
-        return response
+    if current is None or "RateLimit-Policy" in response.headers:
+        return response  # unlimited, or another limit (the in-flight cap) answered
     name = "submit" if request.endpoint == "api.submit" else "read"
     window = current.limit.get_expiry()
     response.headers["RateLimit-Policy"] = f'"{name}";q={current.limit.amount};w={window}'
-    if response.status_code == 429:
+    if response.status_code == 429 and current.breached:
         reset = max(1, math.ceil(current.reset_at - time.time()))
         response.headers["RateLimit"] = f'"{name}";r={current.remaining};t={reset}'
         response.headers["Retry-After"] = str(reset)
