@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 import config
 from app.auth import create_key, revoke_key
 from tests.conftest import make_app, submit
-from tests.support import BIN, ROOT, RedisServer, Worker, errand_env
+from tests.support import BIN, ROOT, RedisServer, Worker, errand_env, wait_for
 
 SECURED = {"AUTH_DISABLED": "false", "KEY_CACHE_SECONDS": "0"}
 OPEN = {"health.healthz", "health.readyz"}
@@ -321,3 +321,12 @@ def test_development_without_keys_warns_at_every_start(
     make_app(redis_server.url)
     assert "AUTH_DISABLED is set" in capfd.readouterr().err
     assert submit(make_app(redis_server.url).test_client(), "test.echo", {"value": 1})
+
+
+def test_workers_accept_json_only(app: Flask, worker: Worker) -> None:
+    offset = worker.log.stat().st_size
+    celery_app = app.extensions["celery"]
+    result = celery_app.send_task("test.echo", args=[{"value": 1}], serializer="pickle")
+    wait_for(lambda: b"untrusted content" in worker.log.read_bytes()[offset:], 20)
+    store = app.extensions["errand.redis"]
+    assert store.get(f"test:runs:{result.id}") is None
