@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from app.auth import create_key
+
 STOP_GRACE = 15.0
 
 
@@ -46,6 +48,11 @@ def redis_answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
     except (redis.RedisError, OSError):
         return False
+
+
+def dev_key(redis_url: str) -> str:
+    """A fresh admin key named ``dev``, so a newcomer can call the API at once."""
+    return create_key(redis.Redis.from_url(redis_url), "dev (errand-dev)", admin=True)
 
 
 def _pump(name: str, stream: object) -> None:
@@ -124,6 +131,9 @@ def main() -> None:
                 while not redis_answers(env["REDIS_URL"]):
                     time.sleep(0.1)
         print("Errand is up: API on http://127.0.0.1:8000, mail kept in var/mail. Ctrl-C stops it.")
+        if env.get("AUTH_DISABLED", "").lower() not in {"1", "true", "yes", "on"}:
+            key = dev_key(env["REDIS_URL"])
+            print(f"An admin API key for this session:\n\n    export ERRAND_KEY={key}\n")
         while not stopping.wait(0.5):
             exited = [n for n, p in processes.items() if p.poll() is not None]
             if exited:
