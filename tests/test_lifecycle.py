@@ -65,7 +65,7 @@ def test_progress_to_success(client: FlaskClient, worker: Worker) -> None:
     assert response.headers["Location"] == task["links"]["self"]
     url = task["links"]["self"]
 
-    seen: list[str] = []
+    seen: list[str] = [task["state"]]
     currents: list[int] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
