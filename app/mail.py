@@ -21,7 +21,7 @@ from celery import current_task
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_mail import BadHeaderError, Connection, Message
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
@@ -103,19 +103,55 @@ class BulkEmail(Params):
         return recipients
 
 
+# A client's template may substitute, filter and choose, but not loop, call,
+# define macros, concatenate or compute; and its output is cut off past
+# RENDER_LIMIT characters. So rendering costs about as much as the template and
+# the context are long, and one submit cannot make the API or a worker spin.
+RENDER_LIMIT = 1_000_000
+_ALLOWED_NODES = (
+    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const,
+    nodes.Getattr, nodes.Getitem, nodes.If, nodes.CondExpr, nodes.Compare, nodes.Operand,
+    nodes.And, nodes.Or, nodes.Not, nodes.Filter, nodes.Test,
+)  # fmt: skip
+_ALLOWED_FILTERS = {
+    "capitalize", "default", "d", "e", "escape", "first", "last", "length", "lower",
+    "round", "string", "title", "trim", "truncate", "upper", "int", "float",
+}  # fmt: skip
+
+
+def _compile(env: ImmutableSandboxedEnvironment, source: str) -> Template:
+    tree = env.parse(source)
+    for node in tree.find_all(nodes.Node):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise TemplateError(f"{type(node).__name__} is not allowed in a template")
+        if isinstance(node, nodes.Filter) and node.name not in _ALLOWED_FILTERS:
+            raise TemplateError(f"the filter {node.name!r} is not allowed in a template")
+    return env.from_string(tree)
+
+
 class Templates:
-    """The subject, text and HTML templates of a bulk job, compiled once."""
+    """The subject, text and HTML templates of a bulk job, checked and compiled once."""
 
     def __init__(self, subject: str, body: str, html: str | None) -> None:
-        self.subject = _text.from_string(subject)
-        self.body = _text.from_string(body)
-        self.html = _html.from_string(html) if html is not None else None
+        self.subject = _compile(_text, subject)
+        self.body = _compile(_text, body)
+        self.html = _compile(_html, html) if html is not None else None
 
     def render(self, context: dict[str, Any]) -> tuple[str, str, str | None]:
         """Subject, text and HTML for one recipient; ValueError for a multi-line subject."""
-        subject = _one_line(self.subject.render(context))
-        html = self.html.render(context) if self.html is not None else None
-        return subject, self.body.render(context), html
+        subject = _one_line(_render(self.subject, context))
+        html = _render(self.html, context) if self.html is not None else None
+        return subject, _render(self.body, context), html
+
+
+def _render(template: Template, context: dict[str, Any]) -> str:
+    parts, size = [], 0
+    for chunk in template.generate(context):
+        size += len(chunk)
+        if size > RENDER_LIMIT:
+            raise ValueError(f"renders to more than {RENDER_LIMIT:,} characters")
+        parts.append(chunk)
+    return "".join(parts)
 
 
 def classify(exc: Exception) -> Exception:
