@@ -7,11 +7,14 @@ children too, and every one is stopped by the fixture that started it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,3 +174,54 @@ class SmtpSink:
 
     def stop(self) -> None:
         self.controller.stop()
+
+
+class Api:
+    """The API under gunicorn with ``workers`` processes, called over HTTP on loopback."""
+
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        settings = {**env, "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
+        settings["WEB_CONCURRENCY"] = str(workers)
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+        self.process = Process(command, log, settings)
+        self.log, self.workers = log, workers
+
+    def __enter__(self) -> Api:
+        self.process.start()
+        wait_for(lambda: self.log.read_bytes().count(b"Booting worker") >= self.workers, 30)
+        wait_for(lambda: self.call("GET", "/healthz")[0] == 200, 30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.stop()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        key: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
+        """(status, headers, body): the body parsed if JSON, else text; status 0 if no answer."""
+        data = json.dumps(body).encode() if body is not None else None
+        url = f"http://127.0.0.1:{self.port}{path}"
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status, reply.headers, _parsed(reply)
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, _parsed(error)
+        except OSError:
+            return 0, {}, None
+
+
+def _parsed(reply: Any) -> Any:
+    raw = reply.read()
+    return json.loads(raw) if "json" in reply.headers.get("Content-Type", "") else raw.decode()

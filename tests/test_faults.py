@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import make_app, runs, settle, submit, wait_state
-from tests.support import BIN, Process, errand_env, wait_for
+from tests.support import BIN, Api, Process, errand_env, wait_for
 
 
 def queued(server: Any) -> int:
@@ -123,47 +122,17 @@ def test_cancel_holds_across_worker_restart(stack: Any, tmp_path: Path) -> None:
 
 
 def test_gunicorn_serves_the_contract(stack: Any, tmp_path: Path) -> None:
-    import urllib.error
-    import urllib.request
-
-    from app.devstack import free_port
-
     server = stack("redis")
-    port = free_port()
-    env = errand_env(server.url, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2")
-    api = Process(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], tmp_path / "g.log", env
-    )
-    api.start()
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: b"Booting worker" in (tmp_path / "g.log").read_bytes(), 20)
-
-        def call(method: str, path: str, body: Any = None) -> tuple[int, Any, Any]:
-            data = json.dumps(body).encode() if body is not None else None
-            request = urllib.request.Request(base + path, data=data, method=method)
-            request.add_header("Content-Type", "application/json")
-            try:
-                with urllib.request.urlopen(request, timeout=10) as reply:
-                    return reply.status, reply.headers, json.loads(reply.read())
-            except urllib.error.HTTPError as error:
-                return error.code, error.headers, json.loads(error.read())
-            except OSError:
-                return 0, {}, None
-
-        wait_for(lambda: call("GET", "/healthz")[0] == 200, 20)
-        status, headers, task = call(
-            "POST", "/api/v1/tasks", {"task": "test.echo", "params": {"value": 1}}
-        )
+    with Api(errand_env(server.url), tmp_path / "g.log") as api:
+        job = {"task": "test.echo", "params": {"value": 1}}
+        status, headers, task = api.call("POST", "/api/v1/tasks", job)
         assert status == 202
         assert headers["Location"] == task["links"]["self"]
-        assert call("GET", headers["Location"])[2]["state"] == "PENDING"
-        status, headers, _ = call("GET", "/api/v1/tasks/nope")
+        assert api.call("GET", headers["Location"])[2]["state"] == "PENDING"
+        status, headers, _ = api.call("GET", "/api/v1/tasks/nope")
         assert status == 404
         assert headers["Content-Type"] == "application/problem+json"
-        assert call("POST", "/api/v1/tasks", None)[0] == 400  # empty body: not JSON
-    finally:
-        api.stop()
+        assert api.call("POST", "/api/v1/tasks", None)[0] == 400  # empty body: not JSON
     log = (tmp_path / "g.log").read_text()
     assert '"POST /api/v1/tasks HTTP/1.1" 202' in log  # access log on stdout
 

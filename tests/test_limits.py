@@ -2,58 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from app.auth import create_key
-from app.devstack import free_port
-from tests.support import BIN, Process, errand_env, wait_for
+from tests.support import Api, errand_env
 
 
-class Api:
-    """gunicorn with two workers, called over HTTP."""
-
-    def __init__(self, redis_url: str, log: Path, **env: str) -> None:
-        self.port = free_port()
-        settings = errand_env(
-            redis_url,
-            GUNICORN_BIND=f"127.0.0.1:{self.port}",
-            WEB_CONCURRENCY="2",
-            AUTH_DISABLED="false",
-            **env,
-        )
-        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
-        self.process = Process(command, log, settings)
-        self.log = log
-
-    def __enter__(self) -> Api:
-        self.process.start()
-        wait_for(lambda: self.log.read_bytes().count(b"Booting worker") >= 2, 20)
-        wait_for(lambda: self.call("GET", "/healthz")[0] == 200, 20)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.stop()
-
-    def call(self, method: str, path: str, body: Any = None, key: str = "") -> tuple[int, Any, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method
-        )
-        request.add_header("Content-Type", "application/json")
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as reply:
-                return reply.status, reply.headers, json.loads(reply.read())
-        except urllib.error.HTTPError as error:
-            return error.code, error.headers, json.loads(error.read())
-        except OSError:
-            return 0, {}, None
+def secured(redis_url: str, log: Path, **env: str) -> Api:
+    """The API under two gunicorn workers, with keys required."""
+    return Api(errand_env(redis_url, AUTH_DISABLED="false", **env), log)
 
 
 JOB = {"task": "test.echo", "params": {"value": 1}, "options": {"countdown": 300}}
@@ -67,7 +26,7 @@ def test_submit_rate_limit_holds_across_gunicorn_workers(stack: Any, tmp_path: P
     server = stack("redis")
     key = create_key(server.client(), "limited")
     other = create_key(server.client(), "other")
-    with Api(server.url, tmp_path / "g.log", RATE_LIMIT_SUBMIT="5 per minute") as api:
+    with secured(server.url, tmp_path / "g.log", RATE_LIMIT_SUBMIT="5 per minute") as api:
         with ThreadPoolExecutor(4) as pool:  # at once, so both gunicorn workers answer
             answers = list(
                 pool.map(lambda _: api.call("POST", "/api/v1/tasks", JOB, key), range(12))
@@ -97,7 +56,7 @@ def test_submit_rate_limit_holds_across_gunicorn_workers(stack: Any, tmp_path: P
 def test_read_rate_limit(stack: Any, tmp_path: Path) -> None:
     server = stack("redis")
     key = create_key(server.client(), "reader")
-    with Api(server.url, tmp_path / "g.log", RATE_LIMIT_READ="4 per minute") as api:
+    with secured(server.url, tmp_path / "g.log", RATE_LIMIT_READ="4 per minute") as api:
         statuses = [api.call("GET", "/api/v1/task-types", None, key)[0] for _ in range(6)]
         assert statuses == [200] * 4 + [429] * 2
         assert api.call("GET", "/healthz")[0] == 200  # health is never limited
@@ -107,7 +66,7 @@ def test_in_flight_cap_per_key(stack: Any, tmp_path: Path) -> None:
     server = stack("redis")  # no worker: tasks stay in flight until cancelled
     key = create_key(server.client(), "busy")
     other = create_key(server.client(), "calm")
-    with Api(server.url, tmp_path / "g.log", IN_FLIGHT_LIMIT="3") as api:
+    with secured(server.url, tmp_path / "g.log", IN_FLIGHT_LIMIT="3") as api:
         made = [api.call("POST", "/api/v1/tasks", JOB, key) for _ in range(3)]
         assert [status for status, _, _ in made] == [202, 202, 202]
         status, headers, body = api.call("POST", "/api/v1/tasks", JOB, key)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.devstack import free_port
 from tests.conftest import submit, wait_state
-from tests.support import BIN, Process, Worker, errand_env, wait_for
+from tests.support import Api, Worker, errand_env
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -51,35 +47,14 @@ def test_metrics_count_submits_states_and_run_times(client: FlaskClient, worker:
 
 
 def test_metrics_add_up_across_gunicorn_workers(redis_server: Any, tmp_path: Path) -> None:
-    port = free_port()
-    env = errand_env(redis_server.url, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="3")
+    env = errand_env(redis_server.url)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
-    api = Process(command, tmp_path / "g.log", env)
-    api.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: (tmp_path / "g.log").read_bytes().count(b"Booting worker") >= 3, 20)
-
-        def post_invalid() -> int:
-            body = json.dumps({"task": "test.echo", "params": {"value": "x"}}).encode()
-            req = urllib.request.Request(base + "/api/v1/tasks", data=body, method="POST")
-            req.add_header("Content-Type", "application/json")
-            try:
-                urllib.request.urlopen(req, timeout=5)
-            except urllib.error.HTTPError as error:
-                return error.code
-            except OSError:
-                return 0
-            return 200
-
-        wait_for(lambda: post_invalid() == 422, 20)
-        for _ in range(29):
-            assert post_invalid() == 422
+    bad = {"task": "test.echo", "params": {"value": "x"}}
+    key = ("errand_submits_total", (("outcome", "invalid"), ("task", "test.echo")))
+    with Api(env, tmp_path / "g.log", workers=3) as api:
+        for _ in range(30):
+            assert api.call("POST", "/api/v1/tasks", bad)[0] == 422
         for _ in range(5):  # whichever gunicorn worker answers, the total is the same
-            with urllib.request.urlopen(base + "/metrics", timeout=5) as reply:
-                found = samples(reply.read().decode())
-            key = ("errand_submits_total", (("outcome", "invalid"), ("task", "test.echo")))
-            assert found[key] == 30
-    finally:
-        api.stop()
+            status, _, text = api.call("GET", "/metrics")
+            assert status == 200
+            assert samples(text)[key] == 30

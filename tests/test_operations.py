@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import threading
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.devstack import free_port
 from tests.conftest import settle, submit, wait_state
-from tests.support import BIN, Process, Worker, errand_env, wait_for
+from tests.support import Api, Worker, errand_env, wait_for
 
 JOB = {"task": "test.echo", "params": {"value": 11}}
 
@@ -58,47 +55,20 @@ def test_malformed_keys_are_400(app: Flask, client: FlaskClient, key: str) -> No
 def test_concurrent_clients_with_one_key_get_one_task(
     redis_server: Any, worker: Worker, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = errand_env(redis_server.url, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2")
-    command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
-    api = Process(command, tmp_path / "g.log", env)
-    api.start()
-    ids: list[str] = []
-    try:
-        wait_for(lambda: (tmp_path / "g.log").read_bytes().count(b"Booting worker") >= 2, 20)
-        body = json.dumps({"task": "test.sleep", "params": {"seconds": 0}}).encode()
-
-        def post() -> None:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/v1/tasks", data=body, method="POST"
-            )
-            request.add_header("Content-Type", "application/json")
-            request.add_header("Idempotency-Key", "concurrent-1")
-            with urllib.request.urlopen(request, timeout=10) as reply:
-                assert reply.status == 202
-                ids.append(json.loads(reply.read())["id"])
-
-        wait_for(lambda: _healthy(port), 20)
-        threads = [threading.Thread(target=post) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(15)
-    finally:
-        api.stop()
-    assert len(ids) == 8
-    assert len(set(ids)) == 1
-    store = redis_server.client()
+    job = {"task": "test.sleep", "params": {"seconds": 0}}
+    headers = {"Idempotency-Key": "concurrent-1"}
+    with (
+        Api(errand_env(redis_server.url), tmp_path / "g.log") as api,
+        ThreadPoolExecutor(8) as pool,
+    ):
+        answers = list(
+            pool.map(lambda _: api.call("POST", "/api/v1/tasks", job, headers=headers), range(8))
+        )
+    assert [status for status, _, _ in answers] == [202] * 8
+    ids = {body["id"] for _, _, body in answers}
+    assert len(ids) == 1
     settle(1)
-    assert int(store.get(f"test:runs:{ids[0]}") or 0) == 1
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
+    assert int(redis_server.client().get(f"test:runs:{ids.pop()}") or 0) == 1
 
 
 def test_retry_resubmits_and_links_both_ways(client: FlaskClient, worker: Worker) -> None:
