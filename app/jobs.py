@@ -1,9 +1,11 @@
 """What a client can do with a job: submit, read, cancel, list.
 
-Round trips to Redis, per call:
+Round trips to Redis, per call, beyond the rate limiter's one per request
+(``app.limits``; the API key itself is checked from a short cache, ``app.auth``):
 - ``submit``: two, the broker publish and one script that writes the record and
-  its indexes (the publish comes first, see ``submit``).
-- ``status``: one pipeline (the record and Celery's result).
+  its indexes (the publish comes first, see ``submit``); one more to reserve a
+  place in flight when keys are on, and one more with an ``Idempotency-Key``.
+- ``status``: one pipeline (the record, its owner, and Celery's result).
 - ``cancel``: a status read, one script, Celery's store of ``REVOKED`` and the
   revoke broadcast.
 - ``list_tasks``: one pipeline per page of the index, plus one for the records.
