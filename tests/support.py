@@ -179,11 +179,13 @@ class SmtpSink:
 class Api:
     """The API under gunicorn with ``workers`` processes, called over HTTP on loopback."""
 
-    def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, workers: int = 2, target: str = "wsgi:app"
+    ) -> None:
         self.port = free_port()
         settings = {**env, "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
         settings["WEB_CONCURRENCY"] = str(workers)
-        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", target]
         self.process = Process(command, log, settings)
         self.log, self.workers = log, workers
 
