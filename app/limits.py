@@ -77,5 +77,9 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "errand:limits")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    # With both limits empty the limiter stays out of the request path altogether.
+    app.config.setdefault(
+        "RATELIMIT_ENABLED", bool(app.config["RATE_LIMIT_SUBMIT"] or app.config["RATE_LIMIT_READ"])
+    )
     limiter.init_app(app)
     app.after_request(add_headers)

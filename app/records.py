@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -105,6 +106,15 @@ return 1
 """
 
 
+def run_script(client: redis.Redis, script: str, keys: Sequence[str], *args: Any) -> Any:
+    """Run a Lua script by its SHA-1 (EVALSHA), sending its text only when Redis lacks it."""
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    try:
+        return client.evalsha(sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        return client.eval(script, len(keys), *keys, *args)  # also caches it in Redis
+
+
 def record_key(task_id: str) -> str:
     """The Redis key of a task's record."""
     return RECORD_PREFIX + task_id
@@ -137,7 +147,7 @@ def in_flight_key(owner: str) -> str:
 def reserve(client: redis.Redis, owner: str, task_id: str, deadline_us: int, cap: int) -> bool:
     """Take a place among the owner's tasks in flight; False when all ``cap`` are taken."""
     key = in_flight_key(owner)
-    return bool(client.eval(_RESERVE, 1, key, cap, task_id, deadline_us, RECORD_PREFIX))
+    return bool(run_script(client, _RESERVE, [key], cap, task_id, deadline_us, RECORD_PREFIX))
 
 
 def unreserve(client: redis.Redis, owner: str, task_id: str) -> None:
@@ -170,14 +180,16 @@ def create(
     args += ["params", json.dumps(params, separators=(",", ":")), "owner", owner]
     if retry_of:
         args += ["retry_of", retry_of]
-    return bool(client.eval(_CREATE, len(keys), *keys, *args))
+    return bool(run_script(client, _CREATE, keys, *args))
 
 
 def claim_key(
     client: redis.Redis, key: str, fingerprint: str, task_id: str, deadline_us: int, ttl: int
 ) -> tuple[str, str, str]:
     """Claim an idempotency key: ('new', '', '') or ('existing'|'inflight', fingerprint, id)."""
-    answer = client.eval(_CLAIM, 1, key, fingerprint, task_id, deadline_us, ttl, RECORD_PREFIX)
+    answer = run_script(
+        client, _CLAIM, [key], fingerprint, task_id, deadline_us, ttl, RECORD_PREFIX
+    )
     words = [w.decode() if isinstance(w, bytes) else str(w) for w in answer]
     verdict, fingerprint_held, held_by = [*words, "", ""][:3]
     return verdict, fingerprint_held, held_by
@@ -185,18 +197,18 @@ def claim_key(
 
 def release_key(client: redis.Redis, key: str, task_id: str) -> None:
     """Give up a claim after a failed submit, unless another submit holds the key now."""
-    client.eval(_RELEASE, 1, key, task_id)
+    run_script(client, _RELEASE, [key], task_id)
 
 
 def begin(client: redis.Redis, task_id: str, deadline_us: int) -> str:
     """Mark a task started unless it was cancelled; see ``_BEGIN`` for the answers."""
-    answer = client.eval(_BEGIN, 1, record_key(task_id), deadline_us, isotime())
+    answer = run_script(client, _BEGIN, [record_key(task_id)], deadline_us, isotime())
     return answer.decode() if isinstance(answer, bytes) else str(answer)
 
 
 def revoke(client: redis.Redis, task_id: str) -> bool:
     """Keep a cancel in the record, so that it holds across worker restarts."""
-    return bool(client.eval(_REVOKE, 1, record_key(task_id), isotime()))
+    return bool(run_script(client, _REVOKE, [record_key(task_id)], isotime()))
 
 
 # What a status read fetches of a record: everything but the (possibly large) params.

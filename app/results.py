@@ -10,7 +10,7 @@ from typing import Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from app.records import RECORD_PREFIX, STATE_COUNTS, isotime
+from app.records import RECORD_PREFIX, STATE_COUNTS, isotime, run_script
 
 # One round trip stores a state and updates the record it belongs to: a final
 # state closes the record and gives it the result's lifetime, a retry counts,
@@ -64,4 +64,4 @@ class ResultStore(RedisBackend):
         final = "final" if state in states.READY_STATES else ""
         args = [value, int(expires), state, isotime(), int(self.expires or 0), final, task_id]
         keys = [key, RECORD_PREFIX + task_id, STATE_COUNTS]
-        return self.client.eval(_STORE, len(keys), *keys, *args)
+        return run_script(self.client, _STORE, keys, *args)
