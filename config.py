@@ -7,6 +7,7 @@ place that reads the environment; the application factory calls it.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,6 +85,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             "CELERY_RESULT_BACKEND must be a redis:// or rediss:// URL: "
             "Errand keeps its task records beside the results"
         )
+
+    sender = env.get("MAIL_DEFAULT_SENDER", "errand@localhost")
+    if any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in sender):
+        raise ConfigError("MAIL_DEFAULT_SENDER must not hold control characters or line breaks")
 
     retention = _int(env, "TASK_RETENTION", 7 * 24 * 3600, low=60)
     visibility = _int(env, "VISIBILITY_TIMEOUT", 60, low=4)
@@ -174,7 +179,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
         "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
         "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
-        "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "errand@localhost"),
+        "MAIL_DEFAULT_SENDER": sender,
         "MAIL_MAX_RETRIES": _int(env, "MAIL_MAX_RETRIES", 5),
         "MAIL_RETRY_BACKOFF": _float(env, "MAIL_RETRY_BACKOFF", 2.0),
         "MAIL_BATCH_SIZE": _int(env, "MAIL_BATCH_SIZE", 100, low=1),

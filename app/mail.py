@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import smtplib
 from typing import Annotated, Any
 
@@ -42,23 +43,35 @@ class TemporaryEmailError(Exception):
     """The SMTP server could not take the message now: a retry may succeed."""
 
 
+# What may not stand in a mail header: C0 and C1 controls, DEL, and the
+# Unicode line and paragraph separators. Python's email package splits header
+# lines with str.splitlines, for which \x0b, \x0c, \x1c-\x1e, \x85, U+2028
+# and U+2029 end a line as CR and LF do: any of them would start a new header.
+_HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def header_safe(value: str) -> str:
+    """``value`` unchanged, or ValueError naming the first character a header may not hold."""
+    bad = _HEADER_UNSAFE.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"control character U+{ord(bad.group()):04X} is not allowed in a mail header"
+        )
+    return value
+
+
 def _plain_address(value: str) -> str:
-    if any(c in value for c in '<>\r\n,;"()'):
-        raise ValueError("not a plain email address (no display names, one line)")
+    header_safe(value)
+    if any(c in value for c in '<>,;"()'):
+        raise ValueError("not a plain email address (no display names)")
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise ValueError(f"not an email address: {exc}") from None
 
 
-def _one_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must be one line: CR and LF are not allowed in headers")
-    return value
-
-
 Address = Annotated[str, Field(max_length=254), AfterValidator(_plain_address)]
-HeaderText = Annotated[str, Field(min_length=1, max_length=998), AfterValidator(_one_line)]
+HeaderText = Annotated[str, Field(min_length=1, max_length=998), AfterValidator(header_safe)]
 BodyText = Annotated[str, Field(max_length=500_000)]
 
 
@@ -89,6 +102,8 @@ class BulkEmail(Params):
         """Every template must render for every recipient, before anything is queued."""
         if not {"subject", "body"} <= info.data.keys():
             return recipients  # those fields failed already and are reported
+        if (info.context or {}).get("worker"):
+            return recipients  # checked at submit; the worker checks each one as it sends
         try:
             templates = Templates(info.data["subject"], info.data["body"], info.data.get("html"))
         except TemplateError as exc:
@@ -138,8 +153,8 @@ class Templates:
         self.html = _compile(_html, html) if html is not None else None
 
     def render(self, context: dict[str, Any]) -> tuple[str, str, str | None]:
-        """Subject, text and HTML for one recipient; ValueError for a multi-line subject."""
-        subject = _one_line(_render(self.subject, context))
+        """Subject, text and HTML for one recipient; ValueError for a subject no header may hold."""
+        subject = header_safe(_render(self.subject, context))
         html = _render(self.html, context) if self.html is not None else None
         return subject, _render(self.body, context), html
 
@@ -292,7 +307,12 @@ def send_bulk(params: BulkEmail) -> dict[str, object]:
             with connect() as connection:  # one SMTP connection per batch
                 while index < end:
                     recipient = params.recipients[index]
-                    subject, body, html = templates.render(recipient.context)
+                    try:
+                        subject, body, html = templates.render(recipient.context)
+                    except (ValueError, TemplateError) as exc:  # no mail for this recipient
+                        failed.append({"to": recipient.to, "error": f"not sent: {exc}"})
+                        index += 1
+                        continue
                     message = Message(
                         subject=subject, recipients=[recipient.to], body=body, html=html
                     )

@@ -37,6 +37,8 @@ def test_worker_process_names_the_missing_setting() -> None:
         ({"VISIBILITY_TIMEOUT": "1"}, "VISIBILITY_TIMEOUT"),
         ({"REDIS_TIMEOUT": "0"}, "REDIS_TIMEOUT"),
         ({"MAIL_USE_TLS": "maybe"}, "MAIL_USE_TLS"),
+        ({"MAIL_DEFAULT_SENDER": "me@example.com\x0bBcc: x@example.com"}, "MAIL_DEFAULT_SENDER"),
+        ({"MAIL_DEFAULT_SENDER": "Me\u2028 <me@example.com>"}, "MAIL_DEFAULT_SENDER"),
         ({"CELERY_RESULT_BACKEND": "rpc://"}, "CELERY_RESULT_BACKEND"),
     ],
 )

@@ -266,3 +266,82 @@ def test_bulk_survives_a_killed_worker(stack: Any, tmp_path: Any) -> None:
     assert all(n <= 2 for n in counts.values())
     # Only the batch in flight when the worker died can be sent again.
     assert len({i // 50 for i in twice}) <= 1
+
+
+# Line boundaries for str.splitlines (and so for Python's email package) beyond CR and
+# LF, the other C0 and C1 controls, DEL, and NUL: none may reach a mail header.
+UNSAFE = ["\x00", "\t", "\x0b", "\x0c", "\x1b", "\x1c", "\x1d", "\x1e", "\x7f", "\x85"]
+UNSAFE += ["\x9f", "\u2028", "\u2029"]
+EXPECTED_HEADERS = {  # of a multipart message; a text-only one has Content-Transfer-Encoding
+    "Content-Type",
+    "Date",
+    "From",
+    "MIME-Version",
+    "Message-ID",
+    "Subject",
+    "To",
+}
+
+
+@pytest.mark.parametrize("char", UNSAFE, ids=lambda c: f"U+{ord(c):04X}")
+def test_control_characters_in_headers_are_422(
+    client: FlaskClient, worker: Worker, smtp_server: SmtpSink, char: str
+) -> None:
+    injected = f"Hi{char}Bcc: victim@example.com"
+    bodies = [
+        ("email.send", {**BASE, "subject": injected}, ["params", "subject"]),
+        ("email.send", {**BASE, "to": [f"ada{char}@example.com"]}, ["params", "to", 0]),
+        ("email.send", {**BASE, "reply_to": f"x@exa{char}mple.com"}, ["params", "reply_to"]),
+        ("email.bulk", {**campaign("inject", 1), "subject": injected}, ["params", "subject"]),
+    ]
+    rendered = campaign("inject", 2)
+    rendered["recipients"][1]["context"]["name"] = injected
+    bodies.append(("email.bulk", rendered, ["params", "recipients"]))
+    before = len(smtp_server.envelopes)
+    for task, params, loc in bodies:
+        response = client.post("/api/v1/tasks", json={"task": task, "params": params})
+        assert response.status_code == 422, (task, params)
+        error = response.json["errors"][0]
+        assert error["loc"] == loc
+        assert f"U+{ord(char):04X}" in error["msg"] or "not an email address" in error["msg"]
+    settle(0.2)
+    assert len(smtp_server.envelopes) == before
+
+
+def test_a_worker_sends_no_header_a_template_breaks(
+    app: Any, client: FlaskClient, worker: Worker, smtp_server: SmtpSink
+) -> None:
+    # The API refuses these at submit (above); this job goes to the broker past that
+    # check, as a message from another Celery client would, to test the worker's own.
+    from flask import g
+
+    from app import auth, jobs
+    from app.tasktypes import registry
+
+    params = campaign("worker-check", len(UNSAFE) + 1)
+    for number, char in enumerate(UNSAFE, start=1):
+        params["recipients"][number]["context"]["name"] = f"x{char}Bcc: victim@example.com"
+    with app.test_request_context():
+        g.principal, g.request_id = auth.ANONYMOUS, "worker-check"
+        url = jobs.submit(registry["email.bulk"], params, {})["links"]["self"]
+    task = wait_state(client, url)
+    assert task["state"] == "SUCCESS", task
+    assert task["result"]["sent"] == 1
+    failed = task["result"]["failed"]
+    assert [f["to"] for f in failed] == [f"user{n}@example.com" for n in range(1, len(UNSAFE) + 1)]
+    assert all("not allowed in a mail header" in f["error"] for f in failed)
+    arrived = [e for e in smtp_server.envelopes if b"[worker-check]" in e.content]
+    assert [e.rcpt_tos for e in arrived] == [["user0@example.com"]]
+    message = email.message_from_bytes(arrived[0].content, policy=policy.default)
+    assert set(message.keys()) == EXPECTED_HEADERS
+    assert message["Subject"] == "[worker-check] Hello User 0"
+
+
+def test_an_accepted_message_carries_exactly_its_headers(
+    client: FlaskClient, worker: Worker, smtp_server: SmtpSink
+) -> None:
+    params = {**BASE, "subject": "Headers exactly", "cc": ["carol@example.com"]}
+    params["reply_to"] = "replies@example.com"
+    assert wait_state(client, submit(client, "email.send", params))["state"] == "SUCCESS"
+    ((_, message),) = received(smtp_server, "Headers exactly")
+    assert set(message.keys()) == EXPECTED_HEADERS | {"Content-Transfer-Encoding", "Cc", "Reply-To"}
