@@ -12,15 +12,22 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# gunicorn's control socket (one path per user, shared by every gunicorn on the
+# machine) is not needed: signals do what Errand's deploys need.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 if os.environ.get("LOG_FORMAT") == "json":
     _access = (
         '{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '
-        '"bytes": "%(B)s", "ms": %(M)s, "pid": %(p)s, "request_id": "%({x-request-id}o)s"}'
+        '"bytes": "%(B)s", "ms": %(M)s, "pid": "%(p)s", "request_id": "%({x-request-id}o)s"}'
     )
 else:
-    _access = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s request_id=%({x-request-id}o)s'
+    _access = (
+        '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms pid=%(p)s request_id=%({x-request-id}o)s'
+    )
+# The path without its query string: a client may put a credential there, and a
+# log line must never carry one (the request id is Errand's own, checked, value).
 access_log_format = os.environ.get("GUNICORN_ACCESS_LOG_FORMAT", _access)
 
 # Metrics of every gunicorn worker add up (prometheus_client's multiprocess mode):

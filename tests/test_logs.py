@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from app.auth import create_key
 from tests.conftest import make_app, submit, wait_state
-from tests.support import errand_env
+from tests.support import Api, errand_env
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -58,3 +59,21 @@ def test_api_logs_json_with_the_request_id(
     (error,) = [line for line in lines if line.get("request_id") == "req-7"]
     assert error["level"] == "ERROR"
     assert "kaput" in error["exc_info"]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_credential_reaches_the_access_log(stack: Any, tmp_path: Path, log_format: str) -> None:
+    server = stack("redis")
+    key = create_key(server.client(), "logged")
+    secret = key.rsplit("_", 1)[1]
+    env = errand_env(server.url, AUTH_DISABLED="false", LOG_FORMAT=log_format)
+    with Api(env, tmp_path / "g.log", workers=1) as api:
+        assert api.call("GET", f"/api/v1/tasks?api_key={key}&token={secret}", key=key)[0] == 200
+        assert api.call("GET", f"/api/v1/tasks?key={key}")[0] == 401
+        assert api.call("GET", "/api/v1/task-types", key=key + "x")[0] == 401
+    log = (tmp_path / "g.log").read_text()
+    assert log.count("/api/v1/tasks") >= 2
+    assert secret not in log
+    if log_format == "json":
+        access = [line for line in json_lines(log) if "path" in line]
+        assert {line["path"] for line in access} >= {"/api/v1/tasks", "/api/v1/task-types"}
