@@ -95,6 +95,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     timeout = _float(env, "REDIS_TIMEOUT", 1.0)
     restore_interval = max(1, visibility // 6)
 
+    redis_broker = broker_url.startswith(("redis://", "rediss://"))
     transport = {
         "visibility_timeout": visibility,
         "socket_timeout": timeout,
@@ -105,7 +106,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     celery = {
         "broker_url": broker_url,
         # Our subclass of Celery's Redis backend also closes task records.
-        "result_backend": f"app.results:ResultStore+{result_url}",
+        "result_backend": f"app.worker.results:ResultStore+{result_url}",
         "result_expires": retention,
         # A finished task whose result cannot be stored waits and retries (its
         # message stays unacknowledged and leased) rather than being lost.
@@ -116,9 +117,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "redis_socket_connect_timeout": timeout,
         "redis_retry_on_timeout": True,
         "broker_transport_options": transport,
-        "broker_transport": (
-            "app.broker:Transport" if broker_url.startswith(("redis://", "rediss://")) else None
-        ),
+        "broker_transport": "app.worker.broker:Transport" if redis_broker else None,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": timeout,
         "visibility_timeout": visibility,
@@ -140,12 +139,6 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             "interval_max": 0.2,
         },
         "beat_schedule_filename": env.get("BEAT_SCHEDULE_FILE", "celerybeat-schedule"),
-        "beat_schedule": {
-            "prune-task-index": {
-                "task": "errand.prune_index",
-                "schedule": float(_int(env, "PRUNE_INTERVAL", 3600, low=1)),
-            },
-        },
         "timezone": "UTC",
     }
     return {
@@ -167,6 +160,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "IN_FLIGHT_RETRY_AFTER": _int(env, "IN_FLIGHT_RETRY_AFTER", 5, low=1),
         "CORS_ORIGINS": [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
         "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
+        "PRUNE_INTERVAL": _int(env, "PRUNE_INTERVAL", 3600, low=1),
         "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
         # gunicorn.conf.py sets this so that every gunicorn worker's metrics add up.

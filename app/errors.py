@@ -1,34 +1,26 @@
-"""Errand's HTTP errors, all answered as problem+json (RFC 9457).
+"""Errand's errors, each with the HTTP status it is answered with (``app.web.problems``).
 
-    APIError
-    ├── InvalidBody       400  the body is not a JSON object
-    ├── Unauthenticated   401  no API key, or a wrong or revoked one
-    ├── TaskNotFound      404  unknown, expired, or not yours
-    ├── StateConflict     409  the task's state does not allow it (cancel a final task)
-    ├── Unprocessable     422  unknown task type, bad params, options or filters
-    ├── TooManyInFlight   429  the key has as many unfinished tasks as it may
-    └── BrokerUnavailable 503  the broker or the record store did not answer
-
-Werkzeug's own HTTP errors (404, 405, 413, 415, ...) and unexpected
-exceptions (500) come out in the same shape.
+ErrandError
+├── InvalidBody          400  the body is not a JSON object
+├── Unauthenticated      401  no API key, or a wrong or revoked one
+├── Forbidden            403  the key may not call this route
+├── TaskNotFound         404  unknown, expired, or not yours
+├── StateConflict        409  the task's state does not allow it
+├── Unprocessable        422  unknown task type, bad params, options or filters
+├── TooManyRequests      429  a limit of the key's was reached
+│   └── TooManyInFlight  429  the key has as many unfinished tasks as it may
+└── Unavailable          503  a dependency did not answer in time
+    ├── BrokerUnavailable     the broker
+    ├── StoreUnavailable      the Redis that keeps records and results
+    └── MailUnavailable       the SMTP server (in a worker: the job retries)
 """
 
 from __future__ import annotations
 
-import logging
-from http import HTTPStatus
 from typing import Any
 
-import redis
-from flask import Flask, Response, g, json
-from werkzeug.exceptions import HTTPException
 
-log = logging.getLogger(__name__)
-
-PROBLEM = "application/problem+json"
-
-
-class APIError(Exception):
+class ErrandError(Exception):
     """An error with an HTTP status, answered as problem+json."""
 
     status = 500
@@ -40,13 +32,13 @@ class APIError(Exception):
         self.headers: dict[str, str] = {}
 
 
-class InvalidBody(APIError):
+class InvalidBody(ErrandError):
     """The body is not a JSON object."""
 
     status = 400
 
 
-class Unauthenticated(APIError):
+class Unauthenticated(ErrandError):
     """No API key, or a wrong or revoked one."""
 
     status = 401
@@ -57,28 +49,38 @@ class Unauthenticated(APIError):
         self.headers["WWW-Authenticate"] = challenge
 
 
-class TaskNotFound(APIError):
-    """No task with that id is known to this API."""
+class Forbidden(ErrandError):
+    """The key is valid but may not call this route."""
+
+    status = 403
+
+
+class TaskNotFound(ErrandError):
+    """No task with that id is known to this API (or it is another owner's)."""
 
     status = 404
 
 
-class StateConflict(APIError):
+class StateConflict(ErrandError):
     """The task's state does not allow what was asked."""
 
     status = 409
 
 
-class Unprocessable(APIError):
+class Unprocessable(ErrandError):
     """The request is well-formed JSON, but its content is not valid."""
 
     status = 422
 
 
-class TooManyInFlight(APIError):
-    """The key has as many unfinished tasks as it may have."""
+class TooManyRequests(ErrandError):
+    """The key has spent one of its limits; ``headers`` say which and until when."""
 
     status = 429
+
+
+class TooManyInFlight(TooManyRequests):
+    """The key has as many unfinished tasks as it may have."""
 
     def __init__(self, detail: str, retry_after: int, limit: int) -> None:
         super().__init__(detail)
@@ -87,60 +89,24 @@ class TooManyInFlight(APIError):
         self.headers["RateLimit"] = f'"in-flight";r=0;t={retry_after}'
 
 
-class BrokerUnavailable(APIError):
-    """The broker or the record store did not answer in time."""
+class Unavailable(ErrandError):
+    """A dependency did not answer in time; the client may try again later."""
 
     status = 503
+    retry_after = 5
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.headers["Retry-After"] = "5"
+        self.headers["Retry-After"] = str(self.retry_after)
 
 
-def problem(
-    status: int,
-    detail: str,
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """A problem+json response."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    response = Response(json.dumps(body), status=status, mimetype=PROBLEM)
-    response.headers.update(headers or {})
-    return response
+class BrokerUnavailable(Unavailable):
+    """The broker did not answer in time."""
 
 
-def handle_api_error(error: APIError) -> Response:
-    return problem(error.status, error.detail, error.errors, error.headers)
+class StoreUnavailable(Unavailable):
+    """The Redis that keeps task records and results did not answer in time."""
 
 
-def handle_http_exception(error: HTTPException) -> Response:
-    headers = {k: v for k, v in error.get_headers() if k.lower() not in {"content-type"}}
-    status = error.code or 500
-    return problem(status, error.description or HTTPStatus(status).phrase, headers=headers)
-
-
-def handle_store_down(error: redis.RedisError) -> Response:
-    log.warning("Redis did not answer: %s", error)
-    return problem(503, "the task store did not answer", headers={"Retry-After": "5"})
-
-
-def handle_unexpected(error: Exception) -> Response:
-    request_id = g.get("request_id", "-")
-    log.exception("unexpected error in request %s", request_id)
-    return problem(500, f"an unexpected error occurred; request id {request_id}")
-
-
-def init_app(app: Flask) -> None:
-    """Send every error through problem+json."""
-    app.register_error_handler(APIError, handle_api_error)
-    app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(redis.RedisError, handle_store_down)
-    app.register_error_handler(Exception, handle_unexpected)
+class MailUnavailable(Unavailable):
+    """The SMTP server could not take a message now."""

@@ -1,10 +1,11 @@
-"""Prometheus metrics at ``/metrics``.
+"""Prometheus metrics, served at ``/metrics`` by ``app.web.operations``.
 
 Two kinds, so the numbers are right however many processes serve the API:
 
 - What each API process sees (request latency, submits by outcome) lives in
   ``prometheus_client``; under gunicorn its multiprocess mode adds up the
-  workers (``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR``).
+  workers (``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR``). Requests
+  are observed from Flask's request hooks (``init_app``).
 - What the workers see (task states reached, task run time) is counted in
   Redis, where any API process on any machine reads it at scrape time, with
   the queue depths asked of the broker and the number of live workers.
@@ -14,26 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from celery import Celery
-from celery.signals import task_postrun, task_prerun
-from flask import Flask, Response, current_app, g, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from app.ops import live_workers, queue_depths
-from app.records import RUNTIMES, STATE_COUNTS
+from app.store import keys
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +54,13 @@ def _outcome(status: int) -> str:
 class WorkerMetrics(Collector):
     """Reads, at scrape time, what the workers counted in Redis and the queue depths."""
 
-    def __init__(self, client: redis.Redis, celery_app: Celery) -> None:
-        self.client, self.celery_app = client, celery_app
+    def __init__(
+        self,
+        client: redis.Redis,
+        queue_depths: Callable[[], dict[str, int]],
+        live_workers: Callable[[], int],
+    ) -> None:
+        self.client, self.queue_depths, self.live_workers = client, queue_depths, live_workers
 
     def collect(self) -> Iterator[Any]:
         states = CounterMetricFamily(
@@ -76,7 +73,7 @@ class WorkerMetrics(Collector):
         )
         try:
             pipe = self.client.pipeline(transaction=False)
-            counts, timings = pipe.hgetall(STATE_COUNTS).hgetall(RUNTIMES).execute()
+            counts, timings = pipe.hgetall(keys.STATE_COUNTS).hgetall(keys.RUNTIMES).execute()
         except redis.RedisError as exc:
             log.warning("metrics: the task store did not answer: %s", exc)
             return
@@ -88,8 +85,8 @@ class WorkerMetrics(Collector):
             runtimes.add_metric([task], buckets, total)
         yield runtimes
         try:
-            depths = queue_depths()
-            workers = len(live_workers())
+            depths = self.queue_depths()
+            workers = self.live_workers()
         except Exception as exc:  # a scrape must not fail because the broker is down
             log.warning("metrics: the broker did not answer: %s", exc)
             return
@@ -116,37 +113,29 @@ def _runtimes(raw: dict[bytes, bytes]) -> dict[str, tuple[list[tuple[str, float]
 
 
 def record_runtime(client: redis.Redis, task: str, seconds: float) -> None:
-    """Count one run of ``task`` in the shared run-time histogram."""
+    """Count one run of ``task`` in the shared run-time histogram (called by workers)."""
     bound = next((str(b) for b in RUNTIME_BUCKETS if seconds <= b), "+Inf")
     pipe = client.pipeline(transaction=False)
-    pipe.hincrby(RUNTIMES, f"{task}|{bound}", 1)
-    pipe.hincrby(RUNTIMES, f"{task}|count", 1)
-    pipe.hincrbyfloat(RUNTIMES, f"{task}|sum", seconds)
+    pipe.hincrby(keys.RUNTIMES, f"{task}|{bound}", 1)
+    pipe.hincrby(keys.RUNTIMES, f"{task}|count", 1)
+    pipe.hincrbyfloat(keys.RUNTIMES, f"{task}|sum", seconds)
     pipe.execute()
 
 
-def init_worker(celery_app: Celery, app: Flask) -> None:
-    """Measure each task type's run time in the worker and count it in Redis."""
-    started: dict[str, float] = {}
-
-    @task_prerun.connect(weak=False, dispatch_uid="errand-metrics-prerun")
-    def start_clock(task_id: str, task: Any, **kwargs: Any) -> None:
-        if getattr(task, "errand_record", False):
-            started[task_id] = time.monotonic()
-
-    @task_postrun.connect(weak=False, dispatch_uid="errand-metrics-postrun")
-    def stop_clock(task_id: str, task: Any, state: str | None = None, **kwargs: Any) -> None:
-        began = started.pop(task_id, None)
-        if began is None or state not in {"SUCCESS", "FAILURE", "RETRY"}:
-            return
-        try:
-            record_runtime(app.extensions["errand.redis"], task.name, time.monotonic() - began)
-        except redis.RedisError as exc:
-            log.warning("could not count the run time of %s: %s", task_id, exc)
+def exposition(multiprocess: bool, workers: WorkerMetrics) -> bytes:
+    """The Prometheus text format, for every process of the API and every worker."""
+    registry = CollectorRegistry()
+    if multiprocess:
+        MultiProcessCollector(registry)
+    else:
+        registry.register(REQUEST_SECONDS)
+        registry.register(SUBMITS)
+    registry.register(workers)
+    return generate_latest(registry)
 
 
 def init_app(app: Flask) -> None:
-    """Time every request, count submits, and serve ``/metrics``."""
+    """Time every request and count submits, from Flask's request hooks."""
 
     @app.before_request
     def start_timer() -> None:
@@ -160,22 +149,6 @@ def init_app(app: Flask) -> None:
             REQUEST_SECONDS.labels(request.method, route, str(response.status_code)).observe(
                 elapsed
             )
-        if request.endpoint == "api.submit":
+        if request.endpoint == "tasks.submit":  # the route names the task type in g
             SUBMITS.labels(g.get("task_type", "unknown"), _outcome(response.status_code)).inc()
         return response
-
-    app.add_url_rule("/metrics", "metrics", metrics)
-
-
-def metrics() -> Response:
-    """The Prometheus text format, for every process of the API and every worker."""
-    registry = CollectorRegistry()
-    if current_app.config["METRICS_MULTIPROCESS"]:
-        MultiProcessCollector(registry)
-    else:
-        registry.register(REQUEST_SECONDS)
-        registry.register(SUBMITS)
-    registry.register(
-        WorkerMetrics(current_app.extensions["errand.redis"], current_app.extensions["celery"])
-    )
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

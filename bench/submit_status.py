@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.auth import create_key
+from app.store.apikeys import create_key
 from tests.support import Api, RedisServer, errand_env
 
 JOB = json.dumps({"task": "demo.progress", "params": {"steps": 1, "delay": 0}})

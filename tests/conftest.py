@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.records import FINAL_STATES
+from app.jobs.resource import FINAL_STATES
 from tests.support import RedisServer, SmtpSink, Worker, errand_env, wait_for
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from app.devstack import free_port, redis_server_binary
+from devtools.devstack import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

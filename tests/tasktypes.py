@@ -7,13 +7,13 @@ import time
 from celery import current_task
 from pydantic import Field
 
-from app.extensions import store
-from app.tasktypes import Params, task_type
+from app import store
+from app.tasks.registry import Params, task_type
 
 
 def count_run() -> int:
     """Count this run of the current task in Redis, so tests can see duplicates."""
-    return int(store().incr(f"test:runs:{current_task.request.id}"))
+    return int(store.client().incr(f"test:runs:{current_task.request.id}"))
 
 
 class Sleep(Params):
@@ -60,3 +60,6 @@ def flaky(params: Flaky) -> dict[str, int]:
     if runs <= params.failures:
         raise ConnectionError(f"temporary failure {runs}")
     return {"runs": runs}
+
+
+task_types = [sleep, echo, flaky]

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import config
-from app.auth import create_key, revoke_key
+from app.store.apikeys import create_key, revoke_key
 from tests.conftest import make_app, submit
 from tests.support import BIN, ROOT, RedisServer, Worker, errand_env, wait_for
 
@@ -59,15 +59,15 @@ def alices_task(secured: Flask, keys: dict[str, str], worker: Worker) -> str:
 # Every route, how to call it, and whether it is open, for any key, or admin only.
 def routes(task_url: str) -> list[tuple[str, str, str, Any]]:
     return [
-        ("api.submit", "POST", "/api/v1/tasks", {"task": "test.echo", "params": {"value": 2}}),
-        ("api.status", "GET", task_url, None),
-        ("api.cancel", "DELETE", task_url, None),
-        ("api.retry", "POST", task_url + "/retry", None),
-        ("api.list_tasks", "GET", "/api/v1/tasks", None),
-        ("api.task_types", "GET", "/api/v1/task-types", None),
-        ("ops.workers", "GET", "/api/v1/workers", None),
-        ("ops.queues", "GET", "/api/v1/queues", None),
-        ("metrics", "GET", "/metrics", None),
+        ("tasks.submit", "POST", "/api/v1/tasks", {"task": "test.echo", "params": {"value": 2}}),
+        ("tasks.status", "GET", task_url, None),
+        ("tasks.cancel", "DELETE", task_url, None),
+        ("tasks.retry_task", "POST", task_url + "/retry", None),
+        ("tasks.list_tasks", "GET", "/api/v1/tasks", None),
+        ("tasks.list_task_types", "GET", "/api/v1/task-types", None),
+        ("operations.workers", "GET", "/api/v1/workers", None),
+        ("operations.queues", "GET", "/api/v1/queues", None),
+        ("operations.metrics", "GET", "/metrics", None),
         ("health.healthz", "GET", "/healthz", None),
         ("health.readyz", "GET", "/readyz", None),
     ]

@@ -57,7 +57,7 @@ def test_defaults() -> None:
     assert celery["task_acks_late"] and celery["task_reject_on_worker_lost"]
     assert celery["broker_transport_options"]["visibility_timeout"] == 60
     assert celery["accept_content"] == ["json"]
-    assert "prune-task-index" in celery["beat_schedule"]
+    assert settings["PRUNE_INTERVAL"] == 3600
     broker = config.load({"REDIS_URL": "redis://r:1/2", "CELERY_BROKER_URL": "amqp://q//"})
     assert broker["CELERY"]["broker_url"] == "amqp://q//"
     assert broker["REDIS_URL"] == "redis://r:1/2"

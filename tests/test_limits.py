@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from app.auth import create_key
+from app.store.apikeys import create_key
 from tests.support import Api, errand_env
 
 

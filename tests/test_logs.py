@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.auth import create_key
+from app.store.apikeys import create_key
 from tests.conftest import make_app, submit, wait_state
 from tests.support import Api, errand_env
 

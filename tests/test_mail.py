@@ -313,17 +313,13 @@ def test_a_worker_sends_no_header_a_template_breaks(
 ) -> None:
     # The API refuses these at submit (above); this job goes to the broker past that
     # check, as a message from another Celery client would, to test the worker's own.
-    from flask import g
-
-    from app import auth, jobs
-    from app.tasktypes import registry
+    from app.jobs.service import OPEN_ACCESS
 
     params = campaign("worker-check", len(UNSAFE) + 1)
     for number, char in enumerate(UNSAFE, start=1):
         params["recipients"][number]["context"]["name"] = f"x{char}Bcc: victim@example.com"
-    with app.test_request_context():
-        g.principal, g.request_id = auth.ANONYMOUS, "worker-check"
-        url = jobs.submit(registry["email.bulk"], params, {})["links"]["self"]
+    bulk = app.extensions["errand.task_types"]["email.bulk"]
+    url = app.extensions["errand.jobs"].submit(OPEN_ACCESS, bulk, params, {})["links"]["self"]
     task = wait_state(client, url)
     assert task["state"] == "SUCCESS", task
     assert task["result"]["sent"] == 1

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.devstack import free_port, redis_server_binary
+from devtools.devstack import free_port, redis_server_binary
 from tests.conftest import make_app, submit, wait_state
 from tests.support import Process, errand_env, wait_for
 

@@ -6,7 +6,7 @@ from flask import Flask, Response
 from flask_cors import CORS
 
 
-def add_headers(response: Response) -> Response:
+def add_security_headers(response: Response) -> Response:
     """Headers that keep browsers and shared caches from misusing an answer."""
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -21,7 +21,7 @@ def add_headers(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Security headers always; CORS when ``CORS_ORIGINS`` names origins."""
-    app.after_request(add_headers)
+    app.after_request(add_security_headers)
     if app.config["CORS_ORIGINS"]:
         CORS(
             app,

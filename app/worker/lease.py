@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from app.extensions import connect
-from app.records import WORKERS, isotime
+from app.clock import isotime
+from app.store import connect, keys
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Lease(bootsteps.StartStopStep):
         )
         broker = connect(conf.broker_url, timeout) if redis_broker else None
         results = flask_app.extensions["errand.redis"]
-        about = worker_key(worker.hostname)
+        about = keys.worker(worker.hostname)
         started = time.time()
         while True:
             try:
@@ -93,7 +93,7 @@ class Lease(bootsteps.StartStopStep):
                 if tags and broker is not None:
                     broker.zadd(index_key, dict.fromkeys(tags, now), xx=True)
                 pipe = results.pipeline(transaction=False)
-                pipe.zadd(WORKERS, {worker.hostname: now})
+                pipe.zadd(keys.WORKERS, {worker.hostname: now})
                 pipe.hset(about, mapping=describe(worker, now, started))
                 pipe.expire(about, int(3 * interval) + 1)
                 pipe.execute()
@@ -102,14 +102,9 @@ class Lease(bootsteps.StartStopStep):
             if self.stopping.wait(interval):
                 break
         try:
-            results.pipeline().zrem(WORKERS, worker.hostname).delete(about).execute()
+            results.pipeline().zrem(keys.WORKERS, worker.hostname).delete(about).execute()
         except Exception as exc:  # the heartbeat then ages out on its own
             log.warning("could not remove heartbeat: %s", exc)
-
-
-def worker_key(hostname: str) -> str:
-    """The Redis hash that describes a live worker."""
-    return f"errand:worker:{hostname}"
 
 
 def describe(worker: Any, now: float, started: float) -> dict[str, Any]:

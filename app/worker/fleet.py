@@ -1,33 +1,26 @@
-"""What operators watch: the live workers and the depth of each queue."""
+"""What operators watch of the workers: who is alive, and how deep each queue is."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import redis
 from amqp.exceptions import ChannelError
-from flask import Blueprint, Response, current_app, jsonify
+from celery import Celery
 
-from app.celery_app import celery_of
-from app.errors import BrokerUnavailable
-from app.extensions import store
-from app.jobs import UNREACHABLE
-from app.lease import worker_key
-from app.records import WORKERS
-
-bp = Blueprint("ops", __name__, url_prefix="/api/v1")
+from app.store import keys
 
 _NUMBERS = ("concurrency", "active", "reserved", "pid")
 
 
-def live_workers() -> list[dict[str, Any]]:
+def live_workers(client: redis.Redis, lease_interval: float) -> list[dict[str, Any]]:
     """Workers whose heartbeat is fresh, as their lease threads describe them."""
-    horizon = time.time() - 3 * current_app.config["LEASE_INTERVAL"]
-    client = store()
-    names = [n.decode() for n in client.zrangebyscore(WORKERS, horizon, "+inf")]
+    horizon = time.time() - 3 * lease_interval
+    names = [n.decode() for n in client.zrangebyscore(keys.WORKERS, horizon, "+inf")]
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.hgetall(worker_key(name))
+        pipe.hgetall(keys.worker(name))
     workers = []
     for raw in pipe.execute():
         if raw:
@@ -38,9 +31,13 @@ def live_workers() -> list[dict[str, Any]]:
     return sorted(workers, key=lambda w: w["name"])
 
 
-def queue_depths() -> dict[str, int]:
+def count_live_workers(client: redis.Redis, lease_interval: float) -> int:
+    """How many workers sent a heartbeat recently (each lease thread does every interval)."""
+    return int(client.zcount(keys.WORKERS, time.time() - 3 * lease_interval, "+inf"))
+
+
+def queue_depths(celery_app: Celery) -> dict[str, int]:
     """Messages waiting in each queue the workers consume, asked of the broker."""
-    celery_app = celery_of(current_app)
     names = sorted(celery_app.amqp.queues.keys()) or [celery_app.conf.task_default_queue]
     depths = {}
     with celery_app.connection_for_read() as connection:
@@ -55,20 +52,3 @@ def queue_depths() -> dict[str, int]:
                         raise
                     depths[name] = 0
     return depths
-
-
-@bp.get("/workers")
-def workers() -> Response:
-    try:
-        return jsonify({"items": live_workers()})
-    except UNREACHABLE as exc:
-        raise BrokerUnavailable(f"the task store did not answer: {exc}") from exc
-
-
-@bp.get("/queues")
-def queues() -> Response:
-    try:
-        depths = queue_depths()
-    except UNREACHABLE as exc:
-        raise BrokerUnavailable(f"the broker did not answer: {exc}") from exc
-    return jsonify({"items": [{"name": n, "depth": d} for n, d in depths.items()]})

@@ -1,7 +1,8 @@
 """Task types: the jobs a client may submit by name.
 
 One declaration gives a task type its Celery task, its validation and the JSON
-Schema listed at ``/api/v1/task-types``::
+Schema listed at ``/api/v1/task-types``; a module lists its types in
+``task_types``, and ``build`` makes the registry from the modules named::
 
     class Resize(Params):
         image_url: HttpUrl
@@ -11,11 +12,14 @@ Schema listed at ``/api/v1/task-types``::
     def resize(params: Resize) -> dict:
         ...
         return {"width": params.width}
+
+    task_types = [resize]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,7 +53,7 @@ class TaskType:
         }
 
 
-registry: dict[str, TaskType] = {}
+Registry = dict[str, TaskType]
 
 
 def task_type(
@@ -67,11 +71,24 @@ def task_type(
         run.__doc__ = func.__doc__
         task = shared_task(name=name, bind=True, errand_record=True, **celery_options)(run)
         description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        declared = TaskType(name, description, params, task)
-        registry[name] = declared
-        return declared
+        return TaskType(name, description, params, task)
 
     return declare
+
+
+def build(modules: Iterable[str]) -> Registry:
+    """The registry of every task type the named modules list in ``task_types``."""
+    registry: Registry = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        declared = getattr(module, "task_types", None)
+        if declared is None:
+            raise ImportError(f"{name} lists no task_types")
+        for task_type in declared:
+            if task_type.name in registry:
+                raise ValueError(f"task type {task_type.name} is declared twice")
+            registry[task_type.name] = task_type
+    return registry
 
 
 def report_progress(current: int, total: int, message: str = "") -> None:

@@ -15,7 +15,8 @@ import time
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
-from app.auth import PUBLIC
+from app.store import keys
+from app.web.auth import PUBLIC
 
 
 def limit_key() -> str:
@@ -47,7 +48,7 @@ def submit_limit() -> str:
     return str(current_app.config["RATE_LIMIT_SUBMIT"])
 
 
-def add_headers(response: Response) -> Response:
+def add_rate_limit_headers(response: Response) -> Response:
     """RateLimit-Policy on every limited answer; on a 429 also RateLimit and Retry-After.
 
     What is left of the window costs Redis another round trip, so only a 429,
@@ -56,7 +57,7 @@ def add_headers(response: Response) -> Response:
     current = limiter.current_limit
     if current is None or "RateLimit-Policy" in response.headers:
         return response  # unlimited, or another limit (the in-flight cap) answered
-    name = "submit" if request.endpoint == "api.submit" else "read"
+    name = "submit" if request.endpoint == "tasks.submit" else "read"
     window = current.limit.get_expiry()
     response.headers["RateLimit-Policy"] = f'"{name}";q={current.limit.amount};w={window}'
     if response.status_code == 429 and current.breached:
@@ -74,7 +75,7 @@ def init_app(app: Flask) -> None:
         "RATELIMIT_STORAGE_OPTIONS", {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     )
     app.config.setdefault("RATELIMIT_STRATEGY", "fixed-window")
-    app.config.setdefault("RATELIMIT_KEY_PREFIX", "errand:limits")
+    app.config.setdefault("RATELIMIT_KEY_PREFIX", keys.LIMITS_PREFIX)
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     # With both limits empty the limiter stays out of the request path altogether.
@@ -82,4 +83,4 @@ def init_app(app: Flask) -> None:
         "RATELIMIT_ENABLED", bool(app.config["RATE_LIMIT_SUBMIT"] or app.config["RATE_LIMIT_READ"])
     )
     limiter.init_app(app)
-    app.after_request(add_headers)
+    app.after_request(add_rate_limit_headers)

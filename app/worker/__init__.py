@@ -1,29 +1,25 @@
-"""Celery wiring, after Flask's documented pattern (``celery_init_app``).
+"""Celery, wired after Flask's documented pattern (``celery_init_app``).
 
 Every task runs inside the Flask application context. A task that belongs to
-a task type first checks its record: a task whose submit never completed, or
-that was cancelled, does not run.
+a task type first checks its record (``begin``): a task whose submit never
+completed, or that was cancelled, does not run.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
 import time
-from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
-from celery.signals import setup_logging, worker_shutting_down
 from flask import Flask
 
-from app import log as log_setup
-from app import records
-from app.extensions import store
-from app.lease import Lease
+from app import store
+from app.store import records
+from app.tasks.maintenance import prune_index
+from app.worker import signals
+from app.worker.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +36,15 @@ def celery_init_app(app: Flask) -> Celery:
                     begin(self)
                 return self.run(*args, **kwargs)
 
-    @setup_logging.connect(weak=False, dispatch_uid="errand-logging")
-    def keep_errand_logging(loglevel: str | int | None = None, **kwargs: Any) -> None:
-        # Connected, this stops Celery from replacing Errand's handler and format.
-        log_setup.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-
-    @worker_shutting_down.connect(weak=False, dispatch_uid="errand-shutdown-grace")
-    def limit_warm_shutdown(sig: str = "", how: str = "", **kwargs: Any) -> None:
-        # A warm shutdown (SIGTERM, a deploy) waits for running tasks; past the
-        # grace it turns cold: tasks are stopped and their messages go back to
-        # the queue (late acks), to run again on another worker.
-        if how != "Warm":
-            return
-        grace = app.config["WORKER_SHUTDOWN_GRACE"]
-        log.info("warm shutdown: running tasks have %ss to finish", grace)
-        timer = threading.Timer(grace, os.kill, (os.getpid(), signal.SIGQUIT))
-        timer.daemon = True
-        timer.start()
-
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
+    celery_app.conf.beat_schedule = {
+        "prune-task-index": {"task": prune_index.name, "schedule": app.config["PRUNE_INTERVAL"]},
+    }
     celery_app.steps["worker"].add(Lease)
     celery_app.flask_app = app  # type: ignore[attr-defined]
     celery_app.set_default()
+    signals.connect(app)
     app.extensions["celery"] = celery_app
     return celery_app
 
@@ -70,10 +52,10 @@ def celery_init_app(app: Flask) -> Celery:
 def begin(task: Task) -> None:
     """Let the task run only if its record exists and holds no cancel."""
     task_id = task.request.id
-    deadline = int(getattr(task.request, "errand_deadline", 0) or 0)
+    deadline_us = int(getattr(task.request, "errand_deadline", 0) or 0)
     while True:
         try:
-            verdict = records.begin(store(), task_id, deadline)
+            verdict = records.begin(store.client(), task_id, deadline_us)
         except redis.RedisError as exc:
             # The record store is unreachable: put the message back rather
             # than run a task whose cancel we cannot see, or lose it.
@@ -98,8 +80,3 @@ def celery_of(app: Flask) -> Celery:
     """The Celery application created for ``app``."""
     celery_app: Celery = app.extensions["celery"]
     return celery_app
-
-
-def task_headers(**values: Any) -> dict[str, Any]:
-    """Message headers that reach ``task.request`` in the worker."""
-    return {f"errand_{name}": value for name, value in values.items()}

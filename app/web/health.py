@@ -1,16 +1,15 @@
-"""Liveness and readiness for load balancers."""
+"""Liveness and readiness, for load balancers and orchestrators."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from app.celery_app import celery_of
-from app.errors import problem
-from app.extensions import store
-from app.records import WORKERS
+from app import store
+from app.web.problems import problem
+from app.worker import celery_of
+from app.worker.fleet import count_live_workers
 
 bp = Blueprint("health", __name__)
 
@@ -26,9 +25,7 @@ def _check_broker() -> None:
 
 
 def _check_workers() -> None:
-    # Each worker's lease thread refreshes its heartbeat every LEASE_INTERVAL.
-    horizon = time.time() - 3 * current_app.config["LEASE_INTERVAL"]
-    if store().zcount(WORKERS, horizon, "+inf") == 0:
+    if count_live_workers(store.client(), current_app.config["LEASE_INTERVAL"]) == 0:
         raise RuntimeError("no worker has sent a heartbeat recently")
 
 
@@ -38,7 +35,7 @@ def readyz() -> Response:
     failed = []
     for name, check in (
         ("broker", _check_broker),
-        ("result_store", lambda: store().ping()),
+        ("result_store", lambda: store.client().ping()),
         ("workers", _check_workers),
     ):
         try:

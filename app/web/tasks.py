@@ -1,48 +1,39 @@
-"""The HTTP API, version 1: submit, status, cancel, list, task types."""
+"""The tasks API, version 1: submit, status, cancel, retry, list, task types.
+
+Views parse, call ``app.jobs`` with the caller's principal, and shape the answer.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
-from app import auth, jobs, records
 from app.errors import InvalidBody, TaskNotFound, Unprocessable
-from app.limits import limiter, submit_exempt, submit_limit
-from app.tasktypes import registry
+from app.jobs import Jobs
+from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
+from app.schemas import Filters, Submission
+from app.tasks.registry import Registry
+from app.web.auth import current
+from app.web.limits import limiter, submit_exempt, submit_limit
 
-bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
-
-class Options(BaseModel):
-    """How to run a job: the only options a client may set."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    countdown: int = Field(0, ge=0, le=3600)
-    priority: int | None = Field(None, ge=0, le=9)
+bp = Blueprint("tasks", __name__, url_prefix="/api/v1")
 
 
-class Submission(BaseModel):
-    """The body of ``POST /api/v1/tasks``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    task: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    options: Options = Field(default_factory=Options)
+def jobs() -> Jobs:
+    """The current application's job service."""
+    service: Jobs = current_app.extensions["errand.jobs"]
+    return service
 
 
-class Filters(BaseModel):
-    """The query of ``GET /api/v1/tasks``."""
-
-    state: str | None = None
-    task: str | None = None
-    limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = None
+def task_types() -> Registry:
+    """The current application's task types."""
+    registry: Registry = current_app.extensions["errand.task_types"]
+    return registry
 
 
 def _errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -67,10 +58,8 @@ def json_object() -> dict[str, Any]:
     return body
 
 
-def idempotency_of(
-    task_name: str, params: dict[str, Any], options: dict[str, Any]
-) -> tuple[str, str] | None:
-    """The Redis key and request fingerprint for an ``Idempotency-Key`` header, if sent.
+def idempotency_key() -> str | None:
+    """The ``Idempotency-Key`` header's value, if sent.
 
     The header is a Structured Field string (``"..."``) in the IETF draft; a bare
     token is accepted too.
@@ -81,13 +70,7 @@ def idempotency_of(
     value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
     if not 1 <= len(value) <= 255 or not value.isprintable() or not value.isascii():
         raise InvalidBody("Idempotency-Key must be 1 to 255 printable ASCII characters")
-    request_body = {"task": task_name, "params": params, "options": options}
-    fingerprint = hashlib.sha256(
-        json.dumps(request_body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-    scoped = f"{auth.current().key_id}\0{value}"  # keys of different owners never meet
-    key = "errand:idem:" + hashlib.sha256(scoped.encode()).hexdigest()
-    return key, fingerprint
+    return value
 
 
 def task_id_or_404(task_id: str) -> str:
@@ -100,12 +83,15 @@ def task_id_or_404(task_id: str) -> str:
     raise TaskNotFound(f"no task {task_id}")
 
 
-def task_response(task: dict[str, Any], status: int = 200) -> Response:
+def task_response(task: dict[str, Any], status: int = 200, created: bool = False) -> Response:
+    """The task resource; ``created``: a new task, whose address goes in ``Location``."""
     response = jsonify(task)
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
-    if task["state"] not in records.FINAL_STATES:
+    if task["state"] not in FINAL_STATES:
         response.headers["Retry-After"] = "1"
+    if created:
+        response.headers["Location"] = task["links"]["self"]
     return response
 
 
@@ -116,6 +102,7 @@ def submit() -> Response:
         submission = Submission.model_validate(json_object())
     except ValidationError as exc:
         raise Unprocessable("the submission is not valid", _errors(exc)) from None
+    registry = task_types()
     task_type = registry.get(submission.task)
     g.task_type = submission.task if task_type else "unknown"
     if task_type is None:
@@ -130,30 +117,31 @@ def submit() -> Response:
             f"params are not valid for {task_type.name}", _errors(exc, ("params",))
         ) from None
     options = submission.options.model_dump(exclude_none=True)
-    params_json = params.model_dump(mode="json")
-    idempotency = idempotency_of(submission.task, params_json, options)
-    task = jobs.submit(task_type, params_json, options, idempotency)
-    response = task_response(task, 202)
-    response.headers["Location"] = task["links"]["self"]
-    return response
+    task = jobs().submit(
+        current(),
+        task_type,
+        params.model_dump(mode="json"),
+        options,
+        idempotency_key(),
+        g.get("request_id", ""),
+    )
+    return task_response(task, 202, created=True)
 
 
 @bp.post("/tasks/<task_id>/retry")
-def retry(task_id: str) -> Response:
-    task = jobs.retry(task_id_or_404(task_id))
-    response = task_response(task, 202)
-    response.headers["Location"] = task["links"]["self"]
-    return response
+def retry_task(task_id: str) -> Response:
+    task = jobs().resubmit(current(), task_id_or_404(task_id), g.get("request_id", ""))
+    return task_response(task, 202, created=True)
 
 
 @bp.get("/tasks/<task_id>")
 def status(task_id: str) -> Response:
-    return task_response(jobs.status(task_id_or_404(task_id)))
+    return task_response(jobs().status(current(), task_id_or_404(task_id)))
 
 
 @bp.delete("/tasks/<task_id>")
 def cancel(task_id: str) -> Response:
-    return task_response(jobs.cancel(task_id_or_404(task_id)), 202)
+    return task_response(jobs().cancel(current(), task_id_or_404(task_id)), 202)
 
 
 @bp.get("/tasks")
@@ -163,24 +151,25 @@ def list_tasks() -> Response:
     except ValidationError as exc:
         raise Unprocessable("the filters are not valid", _errors(exc, ("query",))) from None
     errors = []
-    if filters.state is not None and filters.state not in records.STATES:
+    if filters.state is not None and filters.state not in STATES:
         errors.append({"loc": ["query", "state"], "msg": "not a task state"})
-    if filters.task is not None and filters.task not in registry:
+    if filters.task is not None and filters.task not in task_types():
         errors.append({"loc": ["query", "task"], "msg": "not a task type"})
     cursor = None
     if filters.cursor is not None:
         try:
-            cursor = records.decode_cursor(filters.cursor)
+            cursor = decode_cursor(filters.cursor)
         except ValueError:
             errors.append({"loc": ["query", "cursor"], "msg": "not a cursor this API gave"})
     if errors:
         raise Unprocessable("the filters are not valid", errors)
-    items, next_cursor = jobs.list_tasks(filters.state, filters.task, filters.limit, cursor)
+    items, next_cursor = jobs().list(current(), filters.state, filters.task, filters.limit, cursor)
     response = jsonify({"items": items, "next_cursor": next_cursor})
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @bp.get("/task-types")
-def task_types() -> Response:
+def list_task_types() -> Response:
+    registry = task_types()
     return jsonify({"items": [registry[name].schema() for name in sorted(registry)]})

@@ -1,4 +1,4 @@
-"""The whole development stack in one command: ``errand-dev`` (``scripts/run``).
+"""The whole development stack in one command: ``scripts/run`` (``python -m devtools.devstack``).
 
 Starts a private Redis server when none answers at ``REDIS_URL``, an SMTP sink
 that keeps every message in ``var/mail`` (a Maildir), the API under gunicorn,
@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from app.auth import create_key
+from app.store.apikeys import create_key
 
 STOP_GRACE = 15.0
 

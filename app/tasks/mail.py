@@ -26,8 +26,10 @@ from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
-from app.extensions import store
-from app.tasktypes import Params, report_progress, task_type
+from app import store
+from app.errors import MailUnavailable
+from app.store import keys
+from app.tasks.registry import Params, report_progress, task_type
 
 # Templates come from clients: render them in Jinja's sandbox, where they can
 # read only the recipient's context, and fail loudly on anything undefined.
@@ -39,7 +41,7 @@ class PermanentEmailError(Exception):
     """The SMTP server refused the message for good: retrying would not help."""
 
 
-class TemporaryEmailError(Exception):
+class TemporaryEmailError(MailUnavailable):
     """The SMTP server could not take the message now: a retry may succeed."""
 
 
@@ -219,12 +221,12 @@ class TimedConnection(Connection):
                 self.host.quit()
 
 
-def connect() -> TimedConnection:
+def smtp_connection() -> TimedConnection:
     """One SMTP connection, configured by the ``MAIL_*`` settings."""
     return TimedConnection(current_app.extensions["mail"])
 
 
-def retry_later(error: TemporaryEmailError) -> None:
+def retry_with_backoff(error: TemporaryEmailError) -> None:
     """Retry the current task with exponential backoff and full jitter."""
     task = current_task
     limit = current_app.config["MAIL_MAX_RETRIES"]
@@ -237,7 +239,7 @@ def fail_or_retry(exc: Exception) -> None:
     """Retry a temporary failure later; raise a permanent one at once."""
     error = classify(exc)
     if isinstance(error, TemporaryEmailError):
-        retry_later(error)
+        retry_with_backoff(error)
     raise error from None
 
 
@@ -254,7 +256,7 @@ def send_email(params: SendEmail) -> dict[str, object]:
         reply_to=params.reply_to,
     )
     try:
-        with connect() as connection:
+        with smtp_connection() as connection:
             connection.send(message)
     except SMTP_ERRORS as exc:
         fail_or_retry(exc)
@@ -269,17 +271,17 @@ class BulkProgress:
     """
 
     def __init__(self, task_id: str) -> None:
-        self.key = f"errand:bulk:{task_id}"
-        self.failed_key = f"{self.key}:failed"
+        self.key = keys.bulk_progress(task_id)
+        self.failed_key = keys.bulk_failed(task_id)
 
     def load(self) -> tuple[int, int]:
         """The index of the next recipient to send to, and how many were sent so far."""
-        state = store().hgetall(self.key)
+        state = store.client().hgetall(self.key)
         return int(state.get(b"next", 0)), int(state.get(b"sent", 0))
 
     def save(self, next_index: int, sent: int, failed: list[dict[str, str]]) -> None:
         ttl = current_app.config["TASK_RETENTION"]
-        pipe = store().pipeline(transaction=True)
+        pipe = store.client().pipeline(transaction=True)
         pipe.hset(self.key, mapping={"next": next_index, "sent": sent})
         if failed:
             pipe.rpush(self.failed_key, *(json.dumps(f) for f in failed))
@@ -287,7 +289,7 @@ class BulkProgress:
         pipe.execute()
 
     def failures(self) -> list[dict[str, str]]:
-        return [json.loads(item) for item in store().lrange(self.failed_key, 0, -1)]
+        return [json.loads(item) for item in store.client().lrange(self.failed_key, 0, -1)]
 
 
 @task_type("email.bulk", BulkEmail)
@@ -304,7 +306,7 @@ def send_bulk(params: BulkEmail) -> dict[str, object]:
         end = min(batch_number * size, total)
         failed: list[dict[str, str]] = []
         try:
-            with connect() as connection:  # one SMTP connection per batch
+            with smtp_connection() as connection:  # one SMTP connection per batch
                 while index < end:
                     recipient = params.recipients[index]
                     try:
@@ -331,3 +333,6 @@ def send_bulk(params: BulkEmail) -> dict[str, object]:
         progress.save(index, sent, failed)
         report_progress(index, total, f"sent batch {batch_number} of {batches}")
     return {"sent": sent, "failed": progress.failures()}
+
+
+task_types = [send_email, send_bulk]

@@ -1,0 +1,92 @@
+"""The task resource of the HTTP contract, made from a record and Celery's result."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from app.clock import isotime
+
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+STATES = frozenset({"PENDING", "STARTED", "PROGRESS", "RETRY"}) | FINAL_STATES
+
+
+def state_of(record: dict[str, str], meta: dict[str, Any] | None) -> str:
+    """The task's state: Celery's, except that a kept cancel outranks a non-final one."""
+    state = meta["status"] if meta else "PENDING"
+    if state not in FINAL_STATES and "revoked_at" in record:
+        return "REVOKED"
+    return state
+
+
+def _error(value: Any) -> dict[str, str] | None:
+    if not isinstance(value, dict) or "exc_type" not in value:
+        return None
+    message = value.get("exc_message", "")
+    if isinstance(message, list | tuple):
+        message = message[0] if len(message) == 1 else ", ".join(map(str, message))
+    return {"type": str(value["exc_type"]), "message": str(message)}
+
+
+def _progress(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    current, total = value.get("current", 0), value.get("total", 0)
+    percent = round(100.0 * current / total, 1) if total else None
+    return {
+        "current": current,
+        "total": total,
+        "percent": percent,
+        "message": value.get("message", ""),
+    }
+
+
+def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The task resource: what ``GET /api/v1/tasks/<id>`` answers."""
+    state = state_of(record, meta)
+    value = meta.get("result") if meta else None
+    finished = record.get("finished_at")
+    if state in FINAL_STATES and not finished:
+        finished = record.get("revoked_at") if state == "REVOKED" else None
+        if not finished and meta and meta.get("date_done"):
+            finished = isotime(datetime.fromisoformat(meta["date_done"]))
+    return {
+        "id": task_id,
+        "task": record.get("task"),
+        "state": state,
+        "progress": _progress(value) if state == "PROGRESS" else None,
+        "result": value if state == "SUCCESS" else None,
+        "error": _error(value) if state in {"FAILURE", "RETRY"} else None,
+        "retries": int(record.get("retries", 0)),
+        "created_at": record.get("created_at"),
+        "started_at": record.get("started_at"),
+        "finished_at": finished if state in FINAL_STATES else None,
+        "links": _links(task_id, record),
+    }
+
+
+def _links(task_id: str, record: dict[str, str]) -> dict[str, str]:
+    links = {"self": f"/api/v1/tasks/{task_id}"}
+    for name in ("retry_of", "retried_by"):
+        if record.get(name):
+            links[name] = f"/api/v1/tasks/{record[name]}"
+    return links
+
+
+def encode_cursor(score: int, task_id: str) -> str:
+    """An opaque cursor that resumes a listing after (score, id)."""
+    return base64.urlsafe_b64encode(f"{score}:{task_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Undo ``encode_cursor``; ValueError for anything it did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, task_id = raw.split(":", 1)
+        if not task_id or len(task_id) > 64:
+            raise ValueError(cursor)
+        return int(score), task_id
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(cursor) from exc

@@ -1,0 +1,69 @@
+"""Every Redis key Errand reads or writes, named in one place.
+
+``docs/architecture.md`` has the table of keys, their types, and which script or
+module writes each.
+"""
+
+from __future__ import annotations
+
+RECORD_PREFIX = "errand:task:"
+INDEX = "errand:index"
+IN_FLIGHT_PREFIX = "errand:inflight:"
+IDEMPOTENCY_PREFIX = "errand:idem:"
+APIKEY_PREFIX = "errand:apikey:"
+APIKEY_IDS = "errand:apikeys"
+WORKERS = "errand:workers"
+STATE_COUNTS = "errand:metrics:states"  # "<task>|<state>" -> times reached
+RUNTIMES = "errand:metrics:runtime"  # "<task>|<bucket>", "<task>|sum", "<task>|count"
+LIMITS_PREFIX = "errand:limits"
+RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend names results so
+
+
+def record(task_id: str) -> str:
+    """A task's record."""
+    return RECORD_PREFIX + task_id
+
+
+def result(task_id: str) -> str:
+    """Celery's stored result of a task."""
+    return RESULT_PREFIX + task_id
+
+
+def type_index(task_name: str) -> str:
+    """The index of one task type."""
+    return f"{INDEX}:{task_name}"
+
+
+def owner_index(owner: str, task_name: str | None = None) -> str:
+    """The index of one owner's tasks (of one type, if given)."""
+    return f"{INDEX}:owner:{owner}" + (f":{task_name}" if task_name else "")
+
+
+def in_flight(owner: str) -> str:
+    """The sorted set of an owner's tasks that are not final yet."""
+    return IN_FLIGHT_PREFIX + owner
+
+
+def idempotency(digest: str) -> str:
+    """An Idempotency-Key, by the SHA-256 of its owner and value."""
+    return IDEMPOTENCY_PREFIX + digest
+
+
+def bulk_progress(task_id: str) -> str:
+    """Where an ``email.bulk`` job stands: the next recipient and how many were sent."""
+    return f"errand:bulk:{task_id}"
+
+
+def bulk_failed(task_id: str) -> str:
+    """The recipients an ``email.bulk`` job could not send to."""
+    return f"errand:bulk:{task_id}:failed"
+
+
+def apikey(key_id: str) -> str:
+    """An API key's record."""
+    return APIKEY_PREFIX + key_id
+
+
+def worker(hostname: str) -> str:
+    """The description of a live worker."""
+    return f"errand:worker:{hostname}"

@@ -1,0 +1,44 @@
+--[[
+  Stores a task state for Celery's result backend, and keeps the task's record
+  in step in the same round trip: a final state closes the record and gives it
+  the result's lifetime and frees the owner's in-flight place, a retry counts,
+  and every state but PROGRESS counts in the metrics (per task type). A record
+  that does not exist (an id this API never issued) is not created.
+
+  Input:
+    KEYS[1]  Celery's result           celery-task-meta-<id>
+    KEYS[2]  the task's record         errand:task:<id>
+    KEYS[3]  the state counters        errand:metrics:states
+
+    ARGV[1]  the result (Celery's JSON meta)
+    ARGV[2]  seconds the result lives (0: for ever)
+    ARGV[3]  the state
+    ARGV[4]  now (ISO 8601): finished_at of a final state
+    ARGV[5]  seconds the record lives once final (0: for ever)
+    ARGV[6]  'final' for SUCCESS, FAILURE and REVOKED, else ''
+    ARGV[7]  task id
+    ARGV[8]  the in-flight key prefix  errand:inflight:
+
+  Output:
+    1
+]]
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+local task = redis.call('HGET', KEYS[2], 'task')
+if task then
+  if ARGV[3] ~= 'PROGRESS' then redis.call('HINCRBY', KEYS[3], task .. '|' .. ARGV[3], 1) end
+  if ARGV[3] == 'RETRY' then
+    redis.call('HINCRBY', KEYS[2], 'retries', 1)
+  elseif ARGV[6] == 'final' then
+    local owner = redis.call('HGET', KEYS[2], 'owner')
+    if owner then redis.call('ZREM', ARGV[8] .. owner, ARGV[7]) end
+    redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4])
+    if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+  end
+end
+return 1

@@ -1,0 +1,172 @@
+"""Task records: what Errand remembers about every id it issued.
+
+A record is the hash ``errand:task:<id>`` (task type, times, retry count,
+owner, params, links to the task it retries or that retried it). Records sit
+beside Celery's results in the same Redis, so a status read fetches both in
+one round trip. A record has no expiry until its task is final; then it
+expires with the result, ``TASK_RETENTION`` later (``store_result.lua``).
+Key names are in ``app.store.keys``; the scripts are in ``lua/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from app.clock import isotime
+from app.store import keys, scripts
+
+# What a status read fetches of a record: everything but the (possibly large) params.
+FIELDS = (
+    "task",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "revoked_at",
+    "retries",
+    "retry_of",
+    "retried_by",
+    "owner",
+)
+
+Found = tuple[dict[str, str], dict[str, Any] | None]
+
+
+def reserve(client: redis.Redis, owner: str, task_id: str, deadline_us: int, cap: int) -> bool:
+    """Take a place among the owner's tasks in flight; False when all ``cap`` are taken."""
+    return bool(
+        scripts.RESERVE(
+            client, [keys.in_flight(owner)], cap, task_id, deadline_us, keys.RECORD_PREFIX
+        )
+    )
+
+
+def unreserve(client: redis.Redis, owner: str, task_id: str) -> None:
+    """Give a place back after a submit that failed."""
+    client.zrem(keys.in_flight(owner), task_id)
+
+
+def create(
+    client: redis.Redis,
+    task_id: str,
+    task_name: str,
+    created: float,
+    deadline_us: int,
+    params: dict[str, Any],
+    owner: str = "",
+    retry_of: str | None = None,
+) -> bool:
+    """Write a new record and index it; False when Redis got it after the deadline.
+
+    The params are kept for a resubmit; a resubmit also links the record it
+    retries to the new one. An owner's tasks have indexes of their own (all,
+    and per type), for their listings.
+    """
+    created_us = int(created * 1_000_000)
+    names = [keys.record(task_id), keys.record(retry_of) if retry_of else ""]
+    names += [keys.in_flight(owner), keys.INDEX, keys.type_index(task_name)]
+    if owner:
+        names += [keys.owner_index(owner), keys.owner_index(owner, task_name)]
+    args = [deadline_us, task_name, isotime(created), created_us, task_id]
+    args += ["params", json.dumps(params, separators=(",", ":")), "owner", owner]
+    if retry_of:
+        args += ["retry_of", retry_of]
+    return bool(scripts.CREATE(client, names, *args))
+
+
+def claim_key(
+    client: redis.Redis, key: str, fingerprint: str, task_id: str, deadline_us: int, ttl: int
+) -> tuple[str, str, str]:
+    """Claim an idempotency key: ('new', '', '') or ('existing'|'inflight', fingerprint, id)."""
+    answer = scripts.CLAIM(
+        client, [key], fingerprint, task_id, deadline_us, ttl, keys.RECORD_PREFIX
+    )
+    words = [w.decode() if isinstance(w, bytes) else str(w) for w in answer]
+    verdict, fingerprint_held, held_by = [*words, "", ""][:3]
+    return verdict, fingerprint_held, held_by
+
+
+def release_key(client: redis.Redis, key: str, task_id: str) -> None:
+    """Give up a claim after a failed submit, unless another submit holds the key now."""
+    scripts.RELEASE(client, [key], task_id)
+
+
+def begin(client: redis.Redis, task_id: str, deadline_us: int) -> str:
+    """Mark a task started unless it was cancelled; ``begin.lua`` lists the answers."""
+    answer = scripts.BEGIN(client, [keys.record(task_id)], deadline_us, isotime())
+    return answer.decode() if isinstance(answer, bytes) else str(answer)
+
+
+def revoke(client: redis.Redis, task_id: str) -> bool:
+    """Keep a cancel in the record, so that it holds across worker restarts."""
+    return bool(scripts.REVOKE(client, [keys.record(task_id)], isotime()))
+
+
+def read(client: redis.Redis, task_ids: Sequence[str]) -> list[Found | None]:
+    """Records and Celery results for many ids, in one round trip (None: no record)."""
+    pipe = client.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(keys.record(task_id), FIELDS)
+        pipe.get(keys.result(task_id))
+    replies = pipe.execute()
+    found: list[Found | None] = []
+    for values, raw_meta in zip(replies[::2], replies[1::2], strict=True):
+        if values[0] is None:  # every record has a task type
+            found.append(None)
+            continue
+        record = {k: v.decode() for k, v in zip(FIELDS, values, strict=True) if v is not None}
+        found.append((record, json.loads(raw_meta) if raw_meta else None))
+    return found
+
+
+def params_of(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
+    """The params a task was submitted with (None if the record is gone)."""
+    raw = client.hget(keys.record(task_id), "params")
+    return json.loads(raw) if raw else None
+
+
+def scan(
+    client: redis.Redis, index: str, after: tuple[int, str] | None, count: int
+) -> list[tuple[int, str]]:
+    """Up to ``count`` (score, id) pairs of an index, newest first, after (score, id)."""
+    if after is None:
+        rows = client.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
+        return [(int(score), member.decode()) for member, score in rows]
+    score, task_id = after
+    pipe = client.pipeline(transaction=False)
+    # Ties on the score are ordered by id, descending; keep those below the cursor.
+    pipe.zrevrangebyscore(index, score, score, withscores=True)
+    pipe.zrevrangebyscore(index, f"({score}", "-inf", start=0, num=count, withscores=True)
+    ties, older = pipe.execute()
+    rows = [(m, s) for m, s in ties if m.decode() < task_id] + older
+    return [(int(s), m.decode()) for m, s in rows[:count]]
+
+
+def indexes(client: redis.Redis) -> list[str]:
+    """Every index: all tasks, per type and per owner."""
+    return [keys.INDEX, *(k.decode() for k in client.scan_iter(f"{keys.INDEX}:*"))]
+
+
+def prune(client: redis.Redis, cutoff: float, index_names: Iterable[str], batch: int = 500) -> int:
+    """Drop index entries older than ``cutoff`` whose records have expired."""
+    removed = 0
+    for index in index_names:
+        start = 0
+        while True:
+            ids = client.zrangebyscore(
+                index, "-inf", int(cutoff * 1_000_000), start=start, num=batch
+            )
+            if not ids:
+                break
+            pipe = client.pipeline(transaction=False)
+            for member in ids:
+                pipe.exists(keys.record(member.decode()))
+            gone = [m for m, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+            if gone:
+                client.zrem(index, *gone)
+                removed += len(gone)
+            start += len(ids) - len(gone)
+    return removed

@@ -1,0 +1,88 @@
+"""The one check every request passes through: who is calling, and may they?
+
+Health checks (and ``/metrics`` when ``METRICS_PUBLIC``) are open, ``OPTIONS``
+preflights pass, everything else needs a live API key (``app.store.apikeys``),
+and the operator routes need an admin key. A route added later is covered
+without doing anything. Which tasks a key may see is decided in ``app.jobs``
+from the owner kept in each task record.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from flask import Flask, current_app, g, request
+
+from app import store
+from app.errors import Forbidden, Unauthenticated
+from app.jobs.service import OPEN_ACCESS, Principal
+from app.store import apikeys
+
+log = logging.getLogger(__name__)
+
+PUBLIC = {"health.healthz", "health.readyz"}
+ADMIN_BLUEPRINTS = {"operations"}
+METRICS = "operations.metrics"
+
+_cache: dict[str, tuple[float, dict[str, str]]] = {}
+
+
+def _lookup(key_id: str) -> dict[str, str]:
+    """A key's record, cached for ``KEY_CACHE_SECONDS`` so reads stay one round trip."""
+    now = time.monotonic()
+    cached = _cache.get(key_id)
+    if cached and now - cached[0] < current_app.config["KEY_CACHE_SECONDS"]:
+        return cached[1]
+    record = apikeys.lookup(store.client(), key_id)
+    _cache[key_id] = (now, record)
+    return record
+
+
+def verify(key: str) -> Principal | None:
+    """The principal a presented key stands for, or None for a wrong or revoked key."""
+    key_id = apikeys.key_id_of(key)
+    if key_id is None:
+        return None
+    record = _lookup(key_id)
+    stored = record.get("hash", "")
+    if not stored or not hmac.compare_digest(apikeys.digest(key), stored):
+        return None
+    if record.get("revoked_at"):
+        return None
+    return Principal(key_id, record.get("name", ""), record.get("admin") == "1")
+
+
+def authenticate() -> None:
+    """Before every request: who is calling, and may they call this route?"""
+    if request.endpoint in PUBLIC or request.method == "OPTIONS":
+        return
+    if request.endpoint == METRICS and current_app.config["METRICS_PUBLIC"]:
+        return
+    if current_app.config["AUTH_DISABLED"]:
+        g.principal = OPEN_ACCESS
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthenticated("send an API key: Authorization: Bearer <key>")
+    principal = verify(key.strip())  # a RedisError here is answered 503 by app.web.problems
+    if principal is None:
+        raise Unauthenticated("the API key is wrong or revoked", "invalid_token")
+    g.principal = principal
+    if request.blueprint in ADMIN_BLUEPRINTS and not principal.admin:
+        raise Forbidden("this route needs an admin key")
+
+
+def current() -> Principal:
+    """The principal of the current request."""
+    principal: Principal = g.principal
+    return principal
+
+
+def init_app(app: Flask) -> None:
+    """Check every request."""
+    app.before_request(authenticate)
+    if app.config["AUTH_DISABLED"]:
+        log.warning("AUTH_DISABLED is set: every caller can see and cancel every task")

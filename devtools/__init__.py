@@ -1,0 +1,1 @@
+"""Development tools: the local stack (``scripts/run``). Not part of the installed package."""
