@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
-from app.jobs.resource import FINAL_STATES
-from tests.support import RedisServer, SmtpSink, Worker, errand_env, wait_for
+from tests.support import Process, RedisServer, SmtpSink, Worker, errand_env, make_app
 
 
 @pytest.fixture(scope="session")
@@ -23,14 +20,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
-
-
-def make_app(redis_url: str, **env: str) -> Flask:
-    """An Errand app configured, as in production, from the environment."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in errand_env(redis_url, **env).items():
-            patch.setenv(name, value)
-        return create_app({"TESTING": True})
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +31,10 @@ def app(redis_server: RedisServer) -> Flask:
 def smtp_server() -> Iterator[SmtpSink]:
     sink = SmtpSink()
     sink.start()
-    yield sink
-    sink.stop()
+    try:
+        yield sink
+    finally:
+        sink.stop()
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +43,8 @@ def worker(
 ) -> Iterator[Worker]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = errand_env(redis_server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp_server.port))
-    proc = Worker(env, log, "main")
-    try:
-        proc.start()
+    with Worker(env, log, "main") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture()
@@ -67,16 +54,24 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start private Redis servers and workers for one test; all stopped afterwards."""
+    """Start processes for one test; every one is stopped afterwards, whatever happens.
+
+    ``stack("redis", aof=False)``, ``stack("worker", env, log, name, concurrency=2)``,
+    ``stack("smtp", delay=0.0, started=True)``, ``stack("process", command, log, env)``.
+    """
     started: list[Any] = []
 
-    def start(kind: str, *args: Any, **kwargs: Any) -> Any:
-        if kind == "redis":
-            proc: Any = RedisServer(tmp_path / f"redis{len(started)}", *args, **kwargs)
-        else:
-            proc = Worker(*args, **kwargs)
+    def start(kind: str, *args: Any, started_now: bool = True, **kwargs: Any) -> Any:
+        kinds: dict[str, Callable[..., Any]] = {
+            "redis": lambda *a, **k: RedisServer(tmp_path / f"redis{len(started)}", *a, **k),
+            "worker": Worker,
+            "smtp": SmtpSink,
+            "process": Process,
+        }
+        proc = kinds[kind](*args, **kwargs)
         started.append(proc)
-        proc.start()
+        if started_now:
+            proc.start()
         return proc
 
     try:
@@ -87,35 +82,11 @@ def stack(tmp_path: Path) -> Iterator[Callable[..., Any]]:
                 proc.stop()
 
 
-def submit(client: FlaskClient, task: str, params: dict[str, Any], **options: Any) -> str:
-    """Submit a job and return its status URL."""
-    body: dict[str, Any] = {"task": task, "params": params}
-    if options:
-        body["options"] = options
-    response = client.post("/api/v1/tasks", json=body)
-    assert response.status_code == 202, response.json
-    return str(response.headers["Location"])
+# Tests that start worker or server processes are slow; `scripts/test --fast` skips them.
+SLOW_FIXTURES = {"worker", "stack"}
 
 
-def wait_state(
-    client: FlaskClient, url: str, states: set[str] | None = None, timeout: float = 30
-) -> dict[str, Any]:
-    """Poll a task until it reaches one of ``states`` (default: any final state)."""
-    wanted = states or FINAL_STATES
-
-    def reached() -> dict[str, Any] | None:
-        task = client.get(url).json
-        assert task is not None
-        return task if task["state"] in wanted else None
-
-    return wait_for(reached, timeout, 0.05)
-
-
-def runs(store: Any, url: str) -> int:
-    """How many times the task behind ``url`` ran (tests.tasktypes counts)."""
-    return int(store.get(f"test:runs:{url.rsplit('/', 1)[-1]}") or 0)
-
-
-def settle(seconds: float) -> None:
-    """Give the worker time to do something it must not do (e.g. run a cancelled job)."""
-    time.sleep(seconds)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

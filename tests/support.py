@@ -6,7 +6,9 @@ children too, and every one is stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import email
 import json
 import os
 import signal
@@ -16,11 +18,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from email import policy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+from flask import Flask
+from flask.testing import FlaskClient
 
+from app import create_app
+from app.jobs.resource import FINAL_STATES
 from devtools.devstack import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +85,13 @@ class Process:
         self.signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait()
+
+    def __enter__(self) -> Process:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class RedisServer(Process):
@@ -146,16 +161,20 @@ class Worker(Process):
 
 
 class SmtpSink:
-    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives.
 
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
+    It can be stopped and started again on the same port (aiosmtpd closes a
+    controller's loop when it stops, so each start makes a new controller);
+    what it received is kept. ``refuse`` holds addresses answered 550, and
+    ``delay`` slows each DATA by that many seconds.
+    """
 
+    def __init__(self, delay: float = 0.0) -> None:
         self.port = free_port()
         self.envelopes: list[Any] = []
         self.refuse: set[str] = set()
-        self.delay = 0.0  # seconds to wait before accepting each message
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.delay = delay
+        self.controller: Any = None
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -166,14 +185,30 @@ class SmtpSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.envelopes.append(envelope)
         return "250 Message accepted"
 
     def start(self) -> None:
-        self.controller.start()
+        from aiosmtpd.controller import Controller
+
+        if self.controller is None:
+            self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+            self.controller.start()
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def received(self) -> dict[str, list[str]]:
+        """The Message-IDs received for each subject, in order of arrival."""
+        found: dict[str, list[str]] = {}
+        for envelope in list(self.envelopes):
+            message = email.message_from_bytes(envelope.content, policy=policy.default)
+            found.setdefault(str(message["Subject"]), []).append(str(message["Message-ID"]))
+        return found
 
 
 class Api:
@@ -227,3 +262,48 @@ class Api:
 def _parsed(reply: Any) -> Any:
     raw = reply.read()
     return json.loads(raw) if "json" in reply.headers.get("Content-Type", "") else raw.decode()
+
+
+# -- helpers for tests that use the app in process ---------------------------------------------
+
+
+def make_app(redis_url: str, **env: str) -> Flask:
+    """An Errand app configured, as in production, from the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in errand_env(redis_url, **env).items():
+            patch.setenv(name, value)
+        return create_app({"TESTING": True})
+
+
+def submit(client: FlaskClient, task: str, params: dict[str, Any], **options: Any) -> str:
+    """Submit a job and return its status URL."""
+    body: dict[str, Any] = {"task": task, "params": params}
+    if options:
+        body["options"] = options
+    response = client.post("/api/v1/tasks", json=body)
+    assert response.status_code == 202, response.json
+    return str(response.headers["Location"])
+
+
+def wait_state(
+    client: FlaskClient, url: str, states: set[str] | None = None, timeout: float = 30
+) -> dict[str, Any]:
+    """Poll a task until it reaches one of ``states`` (default: any final state)."""
+    wanted = states or FINAL_STATES
+
+    def reached() -> dict[str, Any] | None:
+        task = client.get(url).json
+        assert task is not None
+        return task if task["state"] in wanted else None
+
+    return wait_for(reached, timeout, 0.05)
+
+
+def runs(store: Any, url: str) -> int:
+    """How many times the task behind ``url`` ran (tests.tasktypes counts)."""
+    return int(store.get(f"test:runs:{url.rsplit('/', 1)[-1]}") or 0)
+
+
+def settle(seconds: float) -> None:
+    """Give the worker time to do something it must not do (e.g. run a cancelled job)."""
+    time.sleep(seconds)

@@ -14,8 +14,7 @@ from flask.testing import FlaskClient
 
 import config
 from app.store.apikeys import create_key, revoke_key
-from tests.conftest import make_app, submit
-from tests.support import BIN, ROOT, RedisServer, Worker, errand_env, wait_for
+from tests.support import BIN, ROOT, RedisServer, Worker, errand_env, make_app, submit, wait_for
 
 SECURED = {"AUTH_DISABLED": "false", "KEY_CACHE_SECONDS": "0"}
 OPEN = {"health.healthz", "health.readyz"}

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app
+from tests.support import make_app
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:

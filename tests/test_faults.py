@@ -7,8 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import make_app, runs, settle, submit, wait_state
-from tests.support import BIN, Api, Process, errand_env, wait_for
+from tests.support import (
+    BIN,
+    Api,
+    errand_env,
+    make_app,
+    runs,
+    settle,
+    submit,
+    wait_for,
+    wait_state,
+)
 
 
 def queued(server: Any) -> int:
@@ -144,12 +153,8 @@ def test_beat_runs_the_prune_job(stack: Any, tmp_path: Path) -> None:
     store = server.client()
     store.zadd("errand:index", {"long-gone": 1})
     beat_command = [str(BIN / "celery"), "-A", "worker:celery_app", "beat", "-l", "INFO"]
-    beat = Process([*beat_command, "-s", str(tmp_path / "schedule")], tmp_path / "beat.log", env)
-    beat.start()
-    try:
-        wait_for(lambda: store.zscore("errand:index", "long-gone") is None, 30)
-    finally:
-        beat.stop()
+    stack("process", [*beat_command, "-s", str(tmp_path / "schedule")], tmp_path / "beat.log", env)
+    wait_for(lambda: store.zscore("errand:index", "long-gone") is None, 30)
     assert b"errand.prune_index" in (tmp_path / "beat.log").read_bytes()
     assert b"pruned 1 expired" in worker.log.read_bytes()
 

@@ -12,8 +12,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 from kombu import Connection
 
-from tests.conftest import make_app, runs, settle, submit, wait_state
-from tests.support import RedisServer, Worker, errand_env, wait_for
+from tests.support import (
+    RedisServer,
+    Worker,
+    errand_env,
+    make_app,
+    runs,
+    settle,
+    submit,
+    wait_for,
+    wait_state,
+)
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -46,12 +55,8 @@ def worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Worker]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = Worker(errand_env(redis_server.url, **broker_env), log, "lifecycle")
-    try:
-        proc.start()
+    with Worker(errand_env(redis_server.url, **broker_env), log, "lifecycle") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_progress_to_success(client: FlaskClient, worker: Worker) -> None:

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from app.store.apikeys import create_key
-from tests.conftest import make_app, submit, wait_state
-from tests.support import Api, errand_env
+from tests.support import Api, errand_env, make_app, submit, wait_state
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

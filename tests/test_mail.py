@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app, settle, submit, wait_state
-from tests.support import SmtpSink, Worker, errand_env, wait_for
+from tests.support import (
+    SmtpSink,
+    Worker,
+    errand_env,
+    make_app,
+    settle,
+    submit,
+    wait_for,
+    wait_state,
+)
 
 BASE = {"to": ["ada@example.com"], "subject": "Welcome", "body": "Hello Ada"}
 
@@ -100,7 +108,8 @@ def test_refused_recipient_fails_at_once(
 
 def test_smtp_down_then_up_retries_then_succeeds_once(stack: Any, tmp_path: Any) -> None:
     server = stack("redis")
-    sink = SmtpSink()  # its port is chosen but nothing listens yet: connection refused
+    # Its port is chosen but nothing listens yet: connection refused.
+    sink = stack("smtp", started_now=False)
     env = errand_env(server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(sink.port))
     stack("worker", env, tmp_path / "w.log", "mailer", concurrency=1)
     client = make_app(server.url).test_client()
@@ -109,10 +118,7 @@ def test_smtp_down_then_up_retries_then_succeeds_once(stack: Any, tmp_path: Any)
     assert retrying["error"]["type"] == "TemporaryEmailError"
     assert "ConnectionRefusedError" in retrying["error"]["message"]
     sink.start()
-    try:
-        task = wait_state(client, url, timeout=60)
-    finally:
-        sink.stop()
+    task = wait_state(client, url, timeout=60)
     assert task["state"] == "SUCCESS"
     assert task["retries"] >= 1
     assert len(received(sink, "Comes back")) == 1
@@ -223,7 +229,7 @@ def test_bulk_recipient_limits(client: FlaskClient, count: int, status: int) -> 
 
 def test_bulk_resumes_after_smtp_outage_without_duplicates(stack: Any, tmp_path: Any) -> None:
     server = stack("redis")
-    sink = SmtpSink()
+    sink = stack("smtp", started_now=False)
     env = errand_env(
         server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(sink.port), MAIL_BATCH_SIZE="10"
     )
@@ -232,10 +238,7 @@ def test_bulk_resumes_after_smtp_outage_without_duplicates(stack: Any, tmp_path:
     url = submit(client, "email.bulk", campaign("outage", 50))
     assert wait_state(client, url, {"RETRY"})["error"]["type"] == "TemporaryEmailError"
     sink.start()
-    try:
-        task = wait_state(client, url, timeout=60)
-    finally:
-        sink.stop()
+    task = wait_state(client, url, timeout=60)
     assert task["state"] == "SUCCESS"
     counts = deliveries(sink, "outage")
     assert len(counts) == 50 and set(counts.values()) == {1}
@@ -243,22 +246,17 @@ def test_bulk_resumes_after_smtp_outage_without_duplicates(stack: Any, tmp_path:
 
 def test_bulk_survives_a_killed_worker(stack: Any, tmp_path: Any) -> None:
     server = stack("redis")
-    sink = SmtpSink()
-    sink.delay = 0.004
-    sink.start()
-    try:
-        env = errand_env(
-            server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(sink.port), MAIL_BATCH_SIZE="50"
-        )
-        first = stack("worker", env, tmp_path / "first.log", "first", concurrency=1)
-        client = make_app(server.url).test_client()
-        url = submit(client, "email.bulk", campaign("killed", 1000))
-        wait_for(lambda: (client.get(url).json["progress"] or {}).get("current", 0) >= 200, 60)
-        first.kill()
-        stack("worker", env, tmp_path / "second.log", "second", concurrency=1)
-        task = wait_state(client, url, timeout=120)
-    finally:
-        sink.stop()
+    sink = stack("smtp", delay=0.004)
+    env = errand_env(
+        server.url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(sink.port), MAIL_BATCH_SIZE="50"
+    )
+    first = stack("worker", env, tmp_path / "first.log", "first", concurrency=1)
+    client = make_app(server.url).test_client()
+    url = submit(client, "email.bulk", campaign("killed", 1000))
+    wait_for(lambda: (client.get(url).json["progress"] or {}).get("current", 0) >= 200, 60)
+    first.kill()
+    stack("worker", env, tmp_path / "second.log", "second", concurrency=1)
+    task = wait_state(client, url, timeout=120)
     assert task["state"] == "SUCCESS"
     counts = deliveries(sink, "killed")
     assert len(counts) == 1000

@@ -8,8 +8,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import submit, wait_state
-from tests.support import Api, Worker, errand_env
+from tests.support import Api, Worker, errand_env, submit, wait_state
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -11,8 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import settle, submit, wait_state
-from tests.support import Api, Worker, errand_env, wait_for
+from tests.support import Api, Worker, errand_env, settle, submit, wait_for, wait_state
 
 JOB = {"task": "test.echo", "params": {"value": 11}}
 
@@ -122,7 +121,7 @@ def test_workers_and_queues_are_listed(client: FlaskClient, worker: Worker) -> N
 
 def test_queue_depth_counts_waiting_messages(stack: Any) -> None:
     server = stack("redis")  # no worker: messages stay queued
-    from tests.conftest import make_app
+    from tests.support import make_app
 
     quiet = make_app(server.url).test_client()
     for value in range(3):

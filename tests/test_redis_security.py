@@ -11,8 +11,7 @@ import pytest
 import redis
 
 from devtools.devstack import free_port, redis_server_binary
-from tests.conftest import make_app, submit, wait_state
-from tests.support import Process, errand_env, wait_for
+from tests.support import Process, errand_env, make_app, submit, wait_for, wait_state
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -16,13 +16,10 @@ API answered ``202``:
 
 from __future__ import annotations
 
-import asyncio
-import email
 import os
 import signal
 import time
 from collections import Counter
-from email import policy
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app, settle
-from tests.support import RedisServer, SmtpSink, Worker, errand_env, wait_for
+from tests.support import RedisServer, Worker, errand_env, make_app, settle, wait_for
 
 BATCH = 100
 CONCURRENCY = 2
@@ -221,47 +217,6 @@ def wait_reconnected(worker: Worker, log: Path, offset: int, timeout: float = 30
     wait_for(reconnected, timeout, 0.2)
 
 
-class RestartableSink(SmtpSink):
-    """An SMTP sink on a fixed port that can be stopped and started again.
-
-    aiosmtpd closes a controller's event loop when it stops, so every start
-    makes a new controller on the same port; received envelopes are kept.
-    """
-
-    def __init__(self, delay: float = 0.0) -> None:
-        super().__init__()
-        self.controller.loop.close()  # never started: each start makes its own controller
-        self.delay = delay
-        self.running = False
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return await super().handle_DATA(server, session, envelope)
-
-    def start(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        if self.running:
-            return
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-        self.running = True
-
-    def stop(self) -> None:
-        if self.running:
-            self.controller.stop()
-            self.running = False
-
-    def received(self) -> dict[str, list[str]]:
-        """The Message-IDs received for each subject, in order of arrival."""
-        found: dict[str, list[str]] = {}
-        for envelope in list(self.envelopes):
-            message = email.message_from_bytes(envelope.content, policy=policy.default)
-            found.setdefault(str(message["Subject"]), []).append(str(message["Message-ID"]))
-        return found
-
-
 # -- scenarios ---------------------------------------------------------------------------------
 
 
@@ -424,34 +379,30 @@ def test_redis_hung_by_sigstop(stack: Any, tmp_path: Path) -> None:
 def test_smtp_down_mid_batch_every_message_once(stack: Any, tmp_path: Path) -> None:
     server = stack("redis", aof=True)
     log = tmp_path / "worker.log"
-    sink = RestartableSink(delay=0.02)
-    sink.start()
-    try:
-        env = errand_env(
-            server.url,
-            MAIL_SERVER="127.0.0.1",
-            MAIL_PORT=str(sink.port),
-            MAIL_MAX_RETRIES="10",
-            MAIL_TIMEOUT="3",
-        )
-        stack("worker", env, log, "mailer", concurrency=CONCURRENCY)
-        client = make_app(server.url).test_client()
+    sink = stack("smtp", delay=0.02)
+    env = errand_env(
+        server.url,
+        MAIL_SERVER="127.0.0.1",
+        MAIL_PORT=str(sink.port),
+        MAIL_MAX_RETRIES="10",
+        MAIL_TIMEOUT="3",
+    )
+    stack("worker", env, log, "mailer", concurrency=CONCURRENCY)
+    client = make_app(server.url).test_client()
 
-        subjects = [f"[reliability] message {i}" for i in range(BATCH)]
-        urls = []
-        for i, subject in enumerate(subjects):
-            params = {"to": [f"user{i}@example.com"], "subject": subject, "body": f"Body {i}"}
-            status, url, _ = post(client, "email.send", params)
-            assert status == 202 and url is not None, status
-            urls.append(url)
-        wait_for(lambda: len(sink.envelopes) >= 20, 30, 0.01)
-        sink.stop()
-        down_at = len(sink.envelopes)
-        time.sleep(3)
-        sink.start()
-        tasks = wait_final(client, urls, timeout=120)
-    finally:
-        sink.stop()
+    subjects = [f"[reliability] message {i}" for i in range(BATCH)]
+    urls = []
+    for i, subject in enumerate(subjects):
+        params = {"to": [f"user{i}@example.com"], "subject": subject, "body": f"Body {i}"}
+        status, url, _ = post(client, "email.send", params)
+        assert status == 202 and url is not None, status
+        urls.append(url)
+    wait_for(lambda: len(sink.envelopes) >= 20, 30, 0.01)
+    sink.stop()
+    down_at = len(sink.envelopes)
+    time.sleep(3)
+    sink.start()
+    tasks = wait_final(client, urls, timeout=120)
 
     states = Counter(task["state"] for task in tasks.values())
     assert states == Counter({"SUCCESS": BATCH}), dict(states)
