@@ -7,6 +7,7 @@ place that reads the environment; the application factory calls it.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -51,6 +52,23 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$")
+
+
+def _rate(env: Mapping[str, str], name: str, default: str) -> tuple[int, int] | None:
+    """A rate limit such as ``50 per second`` or ``10/5 minutes`` as (requests, seconds)."""
+    raw = env.get(name, default).strip().lower()
+    if raw == "":
+        return None  # an empty setting turns the limit off
+    match = _RATE.match(raw)
+    if match is None or int(match[1]) < 1:
+        raise ConfigError(
+            f"{name} must look like '50 per second' or '10 per 5 minutes', not {raw!r}"
+        )
+    return int(match[1]), int(match[2] or 1) * _UNITS[match[3]]
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
@@ -154,8 +172,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AUTH_DISABLED": auth_disabled,
         "KEY_CACHE_SECONDS": _float(env, "KEY_CACHE_SECONDS", 5.0, zero_ok=True),
         "METRICS_PUBLIC": _bool(env, "METRICS_PUBLIC", False),
-        "RATE_LIMIT_SUBMIT": env.get("RATE_LIMIT_SUBMIT", "50 per second"),
-        "RATE_LIMIT_READ": env.get("RATE_LIMIT_READ", "200 per second"),
+        "RATE_LIMIT_SUBMIT": _rate(env, "RATE_LIMIT_SUBMIT", "50 per second"),
+        "RATE_LIMIT_READ": _rate(env, "RATE_LIMIT_READ", "200 per second"),
         "IN_FLIGHT_LIMIT": _int(env, "IN_FLIGHT_LIMIT", 1000, low=1),
         "IN_FLIGHT_RETRY_AFTER": _int(env, "IN_FLIGHT_RETRY_AFTER", 5, low=1),
         "CORS_ORIGINS": [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],

@@ -79,6 +79,17 @@ class TooManyRequests(ErrandError):
     status = 429
 
 
+class RateLimited(TooManyRequests):
+    """The key's rate window for this kind of request is spent."""
+
+    def __init__(self, name: str, amount: int, window: int, reset: int) -> None:
+        super().__init__(f"this key may make {amount} {name} requests per {window} s")
+        reset = max(1, reset)
+        self.headers["Retry-After"] = str(reset)
+        self.headers["RateLimit-Policy"] = f'"{name}";q={amount};w={window}'
+        self.headers["RateLimit"] = f'"{name}";r=0;t={reset}'
+
+
 class TooManyInFlight(TooManyRequests):
     """The key has as many unfinished tasks as it may have."""
 

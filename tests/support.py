@@ -14,9 +14,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from email import policy
 from pathlib import Path
@@ -121,6 +123,34 @@ class RedisServer(Process):
             return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
         except redis.RedisError:
             return False
+
+    def commands_during(self, action: Callable[[], Any]) -> list[str]:
+        """The commands clients sent (not those run inside scripts) while ``action`` ran.
+
+        Each is the command's name, lower case: one per round trip for a lone
+        command or a script, several for a pipeline.
+        """
+        marker = f"end-of-watch-{uuid.uuid4().hex}"
+        seen: list[str] = []
+        ready = threading.Event()
+
+        def watch() -> None:
+            with self.client().monitor() as monitor:
+                ready.set()
+                for entry in monitor.listen():
+                    if marker in entry["command"]:
+                        return
+                    if entry["client_type"] != "lua":
+                        seen.append(entry["command"].split(" ", 1)[0].lower())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        ready.wait(5)
+        time.sleep(0.05)  # MONITOR is on once Redis has answered it
+        action()
+        self.client().echo(marker)
+        watcher.join(10)
+        return seen
 
 
 def errand_env(redis_url: str, **extra: str) -> dict[str, str]:

@@ -317,7 +317,8 @@ def test_a_worker_sends_no_header_a_template_breaks(
     for number, char in enumerate(UNSAFE, start=1):
         params["recipients"][number]["context"]["name"] = f"x{char}Bcc: victim@example.com"
     bulk = app.extensions["errand.task_types"]["email.bulk"]
-    url = app.extensions["errand.jobs"].submit(OPEN_ACCESS, bulk, params, {})["links"]["self"]
+    task, _ = app.extensions["errand.jobs"].submit(OPEN_ACCESS, bulk, params, {})
+    url = task["links"]["self"]
     task = wait_state(client, url)
     assert task["state"] == "SUCCESS", task
     assert task["result"]["sent"] == 1

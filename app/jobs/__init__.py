@@ -1,12 +1,13 @@
 """The life of a job, as one service with no Flask in it: submit, status, cancel,
 resubmit, list. ``app.web`` calls it with the caller's ``Principal``.
 
-Round trips to Redis, per call (the rate limiter's, in ``app.web.limits``, come
-on top; an API key is checked from a short cache, ``app.web.auth``):
-- ``submit``: two, the broker publish and one script that writes the record and
-  its indexes (the publish comes first, see ``Jobs.submit``); one more to
-  reserve a place in flight when keys are on, one more with an Idempotency-Key.
-- ``status``: one pipeline (the record, its owner, and Celery's result).
+Round trips to Redis, per call, rate limit included (an API key is checked
+from a short cache, ``app.web.auth``):
+- ``submit``: one script (``submit.lua``) when the broker is the task store's
+  Redis; elsewhere (RabbitMQ) the rate window, the broker publish and one
+  script that writes the record, plus one to reserve a place in flight when
+  keys are on and one more with an Idempotency-Key.
+- ``read`` (a status): one script (``status.lua``).
 - ``cancel``: a status read, one script, Celery's store of ``REVOKED`` and the
   revoke broadcast.
 - ``list``: one pipeline per page of the index, plus one for the records.

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 from celery import Celery
 from celery.exceptions import CeleryError
@@ -20,6 +21,7 @@ from kombu.exceptions import KombuError
 from app.clock import isotime
 from app.errors import (
     BrokerUnavailable,
+    RateLimited,
     StateConflict,
     StoreUnavailable,
     TaskNotFound,
@@ -27,8 +29,10 @@ from app.errors import (
     Unprocessable,
 )
 from app.jobs.resource import FINAL_STATES, encode_cursor, resource
-from app.store import keys, records
+from app.store import keys, quotas, records
+from app.store.quotas import Quota, Usage
 from app.tasks.registry import Registry, TaskType
+from app.worker import messages
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class Principal:
 # Who calls when AUTH_DISABLED is set: anyone, with an admin's reach.
 OPEN_ACCESS = Principal("", "anyone (AUTH_DISABLED)", admin=True)
 
+KEY_REUSED = [{"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}]
+
 
 def fingerprint(task_name: str, params: dict[str, Any], options: dict[str, Any]) -> str:
     """What makes two submits the same request, for an Idempotency-Key."""
@@ -68,7 +74,16 @@ class Jobs:
         settings: Mapping[str, Any],
     ) -> None:
         self.client, self.celery_app, self.task_types = client, celery_app, task_types
+        conf = celery_app.conf
+        self.queue = conf.task_default_queue
+        self.redis_broker = conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        # One script does the whole submit when the queue is in the task store's Redis.
+        self.one_script = self.redis_broker and conf.broker_url == settings["REDIS_URL"]
         self.deadline_s = float(settings["SUBMIT_DEADLINE"])
+        # The one script must not run once the API may have answered 503: the
+        # client gives up after two tries of REDIS_TIMEOUT each (one retry of a
+        # broken connection), so a script that a hung Redis runs later is late.
+        self.script_deadline_s = 1.8 * float(settings["REDIS_TIMEOUT"])
         self.in_flight_limit = int(settings["IN_FLIGHT_LIMIT"])
         self.in_flight_retry_after = int(settings["IN_FLIGHT_RETRY_AFTER"])
         self.idempotency_ttl = int(settings["IDEMPOTENCY_TTL"])
@@ -82,32 +97,49 @@ class Jobs:
         idempotency_key: str | None = None,
         request_id: str = "",
         retry_of: str | None = None,
-    ) -> dict[str, Any]:
-        """Hand a job to the broker and record it; 503 if either does not answer.
+        quota: Quota | None = None,
+    ) -> tuple[dict[str, Any], Usage | None]:
+        """Hand a job to the broker and record it; the task resource and what the quota left.
 
-        The message is published first and the record written second, by a
-        script that refuses to write once Redis's clock has passed the
-        submit's deadline. A worker that receives a message with no record
-        waits until that deadline, then drops it. So a submit that answers 503
-        leaves neither a record nor a job that runs, even when a hung Redis
-        applies its commands late.
+        On a Redis broker that is the task store too, one script does it all
+        (``submit.lua``): it counts the quota, claims the ``idempotency_key``,
+        takes a place in flight, writes the record and pushes the message, or
+        changes nothing. Elsewhere (RabbitMQ) the message is published first
+        and the record written second, by a script that refuses to write once
+        Redis's clock has passed the submit's deadline; a worker that receives
+        a message with no record waits until that deadline, then drops it.
+        Either way a submit that answers 503 leaves neither a record nor a job
+        that runs, even when a hung Redis applies its commands late.
 
         An ``idempotency_key`` already used for the same request returns the
-        task it made, waiting for a submit still in flight; used for another
-        request, it is a 422.
+        task it made; used for another request, it is a 422.
         """
         task_id = str(uuid.uuid4())
         created = time.time()
         deadline_us = int((created + self.deadline_s) * 1_000_000)
-        owner = principal.key_id
         claim = None
         if idempotency_key is not None:
-            scoped = f"{owner}\0{idempotency_key}"  # keys of different owners never meet
+            scoped = f"{principal.key_id}\0{idempotency_key}"  # owners' keys never meet
             key = keys.idempotency(hashlib.sha256(scoped.encode()).hexdigest())
             claim = (key, fingerprint(task_type.name, params, options))
+        if self.one_script:
+            return self._submit_in_one_script(
+                principal, task_type, params, options, claim, request_id, retry_of, quota,
+                task_id, created, int((created + self.script_deadline_s) * 1_000_000),
+            )  # fmt: skip
+        usage = None
+        if quota is not None:
+            try:
+                usage = quotas.hit(self.client, quota)
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"the task store did not answer: {exc}") from exc
+            if not usage.allowed:
+                raise RateLimited(quota.name, quota.amount, quota.window, usage.reset)
+        owner = principal.key_id
+        if claim is not None:
             existing = self._claim(principal, claim, task_id, deadline_us)
             if existing is not None:
-                return existing
+                return existing, usage
         if owner:
             self._reserve(owner, task_id, deadline_us, claim)
         error: Exception | None = None
@@ -136,10 +168,82 @@ class Jobs:
                 if owner:
                     records.unreserve(self.client, owner, task_id)
             raise error
+        return self._accepted(task_id, task_type, created, retry_of), usage
+
+    def _submit_in_one_script(
+        self,
+        principal: Principal,
+        task_type: TaskType,
+        params: dict[str, Any],
+        options: dict[str, Any],
+        claim: tuple[str, str] | None,
+        request_id: str,
+        retry_of: str | None,
+        quota: Quota | None,
+        task_id: str,
+        created: float,
+        deadline_us: int,
+    ) -> tuple[dict[str, Any], Usage | None]:
+        params_json = orjson.dumps(params)
+        priority = options.get("priority")
+        message = messages.encode(
+            task_id,
+            task_type.name,
+            params_json,
+            self.queue,
+            options.get("countdown", 0),
+            priority,
+            # A message and its record land together: no record means none is coming.
+            {"errand_deadline": 0, "errand_request_id": request_id},
+        )
+        try:
+            done = records.submit(
+                self.client,
+                task_id=task_id,
+                task_name=task_type.name,
+                created=created,
+                deadline_us=deadline_us,
+                params_json=params_json.decode(),
+                owner=principal.key_id,
+                queue_list=messages.queue_list(self.queue, priority),
+                message=message,
+                quota=quota,
+                in_flight_cap=self.in_flight_limit,
+                idempotency=claim,
+                idempotency_ttl=self.idempotency_ttl,
+                retry_of=retry_of,
+            )
+        except redis.RedisError as exc:
+            log.warning("submit %s: task store unreachable: %r", task_id, exc)
+            raise StoreUnavailable("the task store did not answer in time") from exc
+        if done.verdict == "ok":
+            return self._accepted(task_id, task_type, created, retry_of), done.usage
+        if done.verdict == "existing":
+            return self.status(principal, done.existing_id), done.usage
+        if done.verdict == "conflict":
+            raise Unprocessable("this Idempotency-Key was used for a different request", KEY_REUSED)
+        if done.verdict == "rate" and quota is not None and done.usage is not None:
+            raise RateLimited(quota.name, quota.amount, quota.window, done.usage.reset)
+        if done.verdict == "inflight":
+            raise self._too_many_in_flight()
+        log.error("submit %s: Redis ran it past the deadline (hung, or clock skew)", task_id)
+        raise StoreUnavailable("the task store did not answer in time")
+
+    def _accepted(
+        self, task_id: str, task_type: TaskType, created: float, retry_of: str | None
+    ) -> dict[str, Any]:
         record = {"task": task_type.name, "created_at": isotime(created), "retries": "0"}
         if retry_of:
             record["retry_of"] = retry_of
         return resource(task_id, record, None)
+
+    def _too_many_in_flight(self) -> TooManyInFlight:
+        cap = self.in_flight_limit
+        return TooManyInFlight(
+            f"this key has {cap} tasks that have not finished; wait for some to finish",
+            retry_after=self.in_flight_retry_after,
+            limit=cap,
+        )
 
     def _publish(
         self,
@@ -151,6 +255,8 @@ class Jobs:
         request_id: str,
     ) -> None:
         headers = {"errand_deadline": deadline_us, "errand_request_id": request_id}
+        if self.redis_broker:  # higher runs first, as on RabbitMQ (see app.worker.messages)
+            options = {**options, "priority": messages.redis_priority(options.get("priority"))}
         self.celery_app.tasks[task_type.name].apply_async(
             args=[params], task_id=task_id, headers=headers, **options
         )
@@ -168,11 +274,7 @@ class Jobs:
             if claim is not None:
                 with contextlib.suppress(redis.RedisError):
                     records.release_key(self.client, claim[0], task_id)
-            raise TooManyInFlight(
-                f"this key has {cap} tasks that have not finished; wait for some to finish",
-                retry_after=self.in_flight_retry_after,
-                limit=cap,
-            )
+            raise self._too_many_in_flight()
 
     def _claim(
         self, principal: Principal, claim: tuple[str, str], task_id: str, deadline_us: int
@@ -191,13 +293,7 @@ class Jobs:
                 return None
             if held_for != wanted:
                 raise Unprocessable(
-                    "this Idempotency-Key was used for a different request",
-                    [
-                        {
-                            "loc": ["header", "Idempotency-Key"],
-                            "msg": "already used with another body",
-                        }
-                    ],
+                    "this Idempotency-Key was used for a different request", KEY_REUSED
                 )
             if verdict == "existing":
                 return self.status(principal, other_id)
@@ -219,18 +315,28 @@ class Jobs:
         task_type = self.task_types.get(task["task"] or "")
         if params is None or task_type is None:
             raise StateConflict(f"task {task_id} can no longer be retried")
-        return self.submit(principal, task_type, params, {}, None, request_id, retry_of=task_id)
+        task, _ = self.submit(principal, task_type, params, {}, None, request_id, retry_of=task_id)
+        return task
 
     def status(self, principal: Principal, task_id: str) -> dict[str, Any]:
         """The task resource, or 404 for an id this API did not issue or has forgotten."""
+        return self.read(principal, task_id)[0]
+
+    def read(
+        self, principal: Principal, task_id: str, quota: Quota | None = None
+    ) -> tuple[dict[str, Any], Usage | None]:
+        """``status``, counted in ``quota``, in one script: the resource and what is left."""
+        viewer = "" if principal.admin else principal.key_id
         try:
-            (found,) = records.read(self.client, [task_id])
+            found, usage = records.status(self.client, task_id, viewer, quota)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the task store did not answer: {exc}") from exc
+        if quota is not None and usage is not None and not usage.allowed:
+            raise RateLimited(quota.name, quota.amount, quota.window, usage.reset)
         # Another owner's task answers exactly as an unknown id does.
-        if found is None or not (principal.admin or found[0].get("owner") == principal.key_id):
+        if found is None:
             raise TaskNotFound(f"no task {task_id}")
-        return resource(task_id, *found)
+        return resource(task_id, *found), usage
 
     def cancel(self, principal: Principal, task_id: str) -> dict[str, Any]:
         """Cancel a task: kept in its record, stored as ``REVOKED``, stopped where it runs."""

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from app.clock import isotime
 from app.store import keys, scripts
+from app.store.quotas import Quota, Usage
 
 # What a status read fetches of a record: everything but the (possibly large) params.
+# ``status.lua`` needs ``task`` first and ``owner`` second.
 FIELDS = (
     "task",
+    "owner",
     "created_at",
     "started_at",
     "finished_at",
@@ -29,7 +33,6 @@ FIELDS = (
     "retries",
     "retry_of",
     "retried_by",
-    "owner",
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]
@@ -75,6 +78,94 @@ def create(
     if retry_of:
         args += ["retry_of", retry_of]
     return bool(scripts.CREATE(client, names, *args))
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What ``submit`` did: ``verdict`` is one of ``submit.lua``'s answers."""
+
+    verdict: str  # ok, existing, conflict, rate, inflight, late
+    usage: Usage | None = None
+    existing_id: str = ""
+
+
+def submit(
+    client: redis.Redis,
+    *,
+    task_id: str,
+    task_name: str,
+    created: float,
+    deadline_us: int,
+    params_json: str,
+    owner: str,
+    queue_list: str,
+    message: bytes,
+    quota: Quota | None = None,
+    in_flight_cap: int = 0,
+    idempotency: tuple[str, str] | None = None,
+    idempotency_ttl: int = 0,
+    retry_of: str | None = None,
+) -> Submitted:
+    """Count, claim, record and enqueue a task in one script (``submit.lua``); all or nothing."""
+    created_us = int(created * 1_000_000)
+    names = [
+        quota.key if quota else "",
+        keys.in_flight(owner) if owner else "",
+        idempotency[0] if idempotency else "",
+        keys.record(task_id),
+        keys.record(retry_of) if retry_of else "",
+        queue_list,
+        keys.INDEX,
+        keys.type_index(task_name),
+    ]
+    if owner:
+        names += [keys.owner_index(owner), keys.owner_index(owner, task_name)]
+    args: list[Any] = [
+        deadline_us,
+        quota.amount if quota else 0,
+        quota.window if quota else 0,
+        in_flight_cap,
+        idempotency[1] if idempotency else "",
+        idempotency_ttl,
+        keys.RECORD_PREFIX,
+        task_id,
+        created_us,
+        message,
+    ]
+    args += ["task", task_name, "created_at", isotime(created), "created_us", created_us]
+    args += ["retries", 0, "params", params_json, "owner", owner]
+    if retry_of:
+        args += ["retry_of", retry_of]
+    answer = scripts.SUBMIT(client, names, *args)
+    verdict = answer[0].decode()
+    usage = None
+    if quota is not None and verdict in {"ok", "existing", "rate"}:
+        usage = Usage(verdict != "rate", int(answer[1]), max(int(answer[2]), 0))
+    existing = answer[3].decode() if verdict == "existing" else ""
+    return Submitted(verdict, usage, existing)
+
+
+def status(
+    client: redis.Redis, task_id: str, viewer: str, quota: Quota | None = None
+) -> tuple[Found | None, Usage | None]:
+    """A record and Celery's result in one script (``status.lua``), for ``viewer``.
+
+    ``viewer`` is the caller's key id, or '' for one who may see every task;
+    another owner's task is None, like an unknown one. The first answer is
+    None too when the quota was spent (the usage says so).
+    """
+    names = [quota.key if quota else "", keys.record(task_id), keys.result(task_id)]
+    amount, window = (quota.amount, quota.window) if quota else (0, 0)
+    answer = scripts.STATUS(client, names, amount, window, viewer, *FIELDS)
+    verdict = answer[0]
+    usage = None
+    if quota is not None:
+        usage = Usage(verdict != b"rate", int(answer[1]), max(int(answer[2]), 0))
+    if verdict != b"ok":
+        return None, usage
+    raw_meta = answer[3]
+    record = {k: v.decode() for k, v in zip(FIELDS, answer[4:], strict=False) if v is not None}
+    return (record, json.loads(raw_meta) if raw_meta else None), usage
 
 
 def claim_key(

@@ -9,6 +9,7 @@ import json
 import uuid
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
@@ -19,7 +20,7 @@ from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
 from app.schemas import Filters, Submission
 from app.tasks.registry import Registry
 from app.web.auth import current
-from app.web.limits import limiter, submit_exempt, submit_limit
+from app.web.limits import quota, spent
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1")
 
@@ -85,8 +86,7 @@ def task_id_or_404(task_id: str) -> str:
 
 def task_response(task: dict[str, Any], status: int = 200, created: bool = False) -> Response:
     """The task resource; ``created``: a new task, whose address goes in ``Location``."""
-    response = jsonify(task)
-    response.status_code = status
+    response = Response(orjson.dumps(task), status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     if task["state"] not in FINAL_STATES:
         response.headers["Retry-After"] = "1"
@@ -96,7 +96,6 @@ def task_response(task: dict[str, Any], status: int = 200, created: bool = False
 
 
 @bp.post("/tasks")
-@limiter.limit(submit_limit, exempt_when=submit_exempt)
 def submit() -> Response:
     try:
         submission = Submission.model_validate(json_object())
@@ -117,14 +116,18 @@ def submit() -> Response:
             f"params are not valid for {task_type.name}", _errors(exc, ("params",))
         ) from None
     options = submission.options.model_dump(exclude_none=True)
-    task = jobs().submit(
+    limit = quota("submit")
+    task, usage = jobs().submit(
         current(),
         task_type,
         params.model_dump(mode="json"),
         options,
         idempotency_key(),
         g.get("request_id", ""),
+        quota=limit,
     )
+    if limit is not None:
+        spent(limit, usage)
     return task_response(task, 202, created=True)
 
 
@@ -136,7 +139,11 @@ def retry_task(task_id: str) -> Response:
 
 @bp.get("/tasks/<task_id>")
 def status(task_id: str) -> Response:
-    return task_response(jobs().status(current(), task_id_or_404(task_id)))
+    limit = quota("read")
+    task, usage = jobs().read(current(), task_id_or_404(task_id), limit)
+    if limit is not None:
+        spent(limit, usage)
+    return task_response(task)
 
 
 @bp.delete("/tasks/<task_id>")
