@@ -144,7 +144,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_track_started": True,
+        # STARTED is stored by Errand's start-of-task check, in the same round trip.
+        "task_track_started": False,
         "task_default_queue": env.get("TASK_QUEUE", "celery"),
         # Task events, so that Flower pointed at the same broker sees Errand's tasks.
         "worker_send_task_events": True,

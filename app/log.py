@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
+import secrets
 
 from celery import current_task
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -61,15 +61,11 @@ def configure(level: str, log_format: str) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Configure logging and give every request an id, taken from the client if sane."""
+    """Configure logging; ``app.web`` gives every request its id (``assign_request_id``)."""
     configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
-    @app.before_request
-    def assign_request_id() -> None:
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
 
-    @app.after_request
-    def echo_request_id(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        return response
+def assign_request_id() -> None:
+    """The request's id: the client's ``X-Request-ID`` if sane, else a new one."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if given and _VALID_ID.match(given) else secrets.token_hex(16)

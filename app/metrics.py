@@ -112,14 +112,9 @@ def _runtimes(raw: dict[bytes, bytes]) -> dict[str, tuple[list[tuple[str, float]
     return result
 
 
-def record_runtime(client: redis.Redis, task: str, seconds: float) -> None:
-    """Count one run of ``task`` in the shared run-time histogram (called by workers)."""
-    bound = next((str(b) for b in RUNTIME_BUCKETS if seconds <= b), "+Inf")
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(keys.RUNTIMES, f"{task}|{bound}", 1)
-    pipe.hincrby(keys.RUNTIMES, f"{task}|count", 1)
-    pipe.hincrbyfloat(keys.RUNTIMES, f"{task}|sum", seconds)
-    pipe.execute()
+def runtime_bucket(seconds: float) -> str:
+    """The run-time histogram bucket a run of ``seconds`` counts in (``store_result.lua``)."""
+    return next((str(b) for b in RUNTIME_BUCKETS if seconds <= b), "+Inf")
 
 
 def exposition(multiprocess: bool, workers: WorkerMetrics) -> bytes:
@@ -134,6 +129,20 @@ def exposition(multiprocess: bool, workers: WorkerMetrics) -> bytes:
     return generate_latest(registry)
 
 
+# Label values come from a fixed set, so a client cannot grow /metrics: methods
+# outside HTTP's usual ones fold into OTHER, URLs that match no route into "unmatched".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_timers: dict[tuple[str, str, int], Any] = {}
+
+
+def _timer(method: str, route: str, status: int) -> Any:
+    key = (method, route, status)
+    timer = _timers.get(key)
+    if timer is None:
+        timer = _timers[key] = REQUEST_SECONDS.labels(method, route, str(status))
+    return timer
+
+
 def init_app(app: Flask) -> None:
     """Time every request and count submits, from Flask's request hooks."""
 
@@ -143,12 +152,12 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def observe(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        rule = request.url_rule
+        method = request.method if request.method in METHODS else "OTHER"
         if "started" in g:
             elapsed = time.perf_counter() - g.started
-            REQUEST_SECONDS.labels(request.method, route, str(response.status_code)).observe(
-                elapsed
-            )
+            timer = _timer(method, rule.rule if rule else "unmatched", response.status_code)
+            timer.observe(elapsed)
         if request.endpoint == "tasks.submit":  # the route names the task type in g
             SUBMITS.labels(g.get("task_type", "unknown"), _outcome(response.status_code)).inc()
         return response

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis import Redis
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.store.apikeys import create_key
@@ -73,8 +75,8 @@ def wrk(
     script.write_text("\n".join(lines) + "\n")
     threads = max(1, min(2, connections))
     out = subprocess.run(
-        [tool, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-         url],
+        [tool, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
     total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
@@ -108,12 +110,17 @@ def http_call(port: int, method: str, path: str, body: Any = None, key: str = ""
     return reply.status, data
 
 
+def redis_client(url: str) -> Redis:
+    """A client with no read timeout, for a subscriber that may wait long."""
+    return Redis.from_url(url)
+
+
 class SuccessCounter:
     """Counts SUCCESS results as the result store PUBLISHes them (Errand's and bare Celery's)."""
 
     def __init__(self, server: RedisServer) -> None:
         self.count, self.last = 0, 0.0
-        self.pubsub = server.client().pubsub()
+        self.pubsub = redis_client(server.url).pubsub()
         self.pubsub.psubscribe("celery-task-meta-*")
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()

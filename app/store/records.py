@@ -185,9 +185,15 @@ def release_key(client: redis.Redis, key: str, task_id: str) -> None:
     scripts.RELEASE(client, [key], task_id)
 
 
-def begin(client: redis.Redis, task_id: str, deadline_us: int) -> str:
-    """Mark a task started unless it was cancelled; ``begin.lua`` lists the answers."""
-    answer = scripts.BEGIN(client, [keys.record(task_id)], deadline_us, isotime())
+def begin(
+    client: redis.Redis, task_id: str, deadline_us: int, started: str, result_ttl: int
+) -> str:
+    """Store a task STARTED unless it may not run; ``begin.lua`` lists the answers.
+
+    ``started`` is the STARTED result as Celery's backend encodes it.
+    """
+    names = [keys.record(task_id), keys.result(task_id), keys.STATE_COUNTS]
+    answer = scripts.BEGIN(client, names, deadline_us, isotime(), started, result_ttl)
     return answer.decode() if isinstance(answer, bytes) else str(answer)
 
 

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response, g
+from flask.sessions import SessionInterface
 
+from app.log import assign_request_id
 from app.web import auth, health, limits, operations, problems, security, tasks
 
 
+class NoSessions(SessionInterface):
+    """Errand is an API with keys: it keeps no cookie session, so reads none."""
+
+    def open_session(self, app: Flask, request: object) -> None:
+        return None  # Flask then uses a null session, and never saves it
+
+
+def before_request() -> None:
+    """Before every request, in this order: its id, who calls, the rate window."""
+    assign_request_id()
+    auth.authenticate()
+    limits.count_request()
+
+
+def after_request(response: Response) -> Response:
+    """After every request: the rate limit, security headers and the request id."""
+    limits.add_rate_limit_headers(response)
+    security.add_security_headers(response)
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response
+
+
 def init_app(app: Flask) -> None:
-    """Hooks in the order a request meets them, then errors and routes."""
-    auth.init_app(app)  # before the rate limits: they count per key
-    limits.init_app(app)
+    """The hooks, errors and routes of the HTTP API."""
+    app.session_interface = NoSessions()
+    app.before_request(before_request)
+    app.after_request(after_request)
+    auth.init_app(app)
     problems.init_app(app)
     security.init_app(app)
     app.register_blueprint(tasks.bp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections import OrderedDict
 
 from flask import Flask, current_app, g, request
 
@@ -26,7 +27,11 @@ PUBLIC = {"health.healthz", "health.readyz"}
 ADMIN_BLUEPRINTS = {"operations"}
 METRICS = "operations.metrics"
 
-_cache: dict[str, tuple[float, dict[str, str]]] = {}
+# Key records (and "no such key"), by key id, for KEY_CACHE_SECONDS; at most
+# CACHE_SIZE of them, the least recently used dropped first, so that made-up key
+# ids cannot grow a process's memory.
+CACHE_SIZE = 1024
+_cache: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
 
 
 def _lookup(key_id: str) -> dict[str, str]:
@@ -34,9 +39,13 @@ def _lookup(key_id: str) -> dict[str, str]:
     now = time.monotonic()
     cached = _cache.get(key_id)
     if cached and now - cached[0] < current_app.config["KEY_CACHE_SECONDS"]:
+        _cache.move_to_end(key_id)
         return cached[1]
     record = apikeys.lookup(store.client(), key_id)
     _cache[key_id] = (now, record)
+    _cache.move_to_end(key_id)
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
     return record
 
 
@@ -82,7 +91,6 @@ def current() -> Principal:
 
 
 def init_app(app: Flask) -> None:
-    """Check every request."""
-    app.before_request(authenticate)
+    """Say so when every request goes unchecked (``app.web`` runs ``authenticate``)."""
     if app.config["AUTH_DISABLED"]:
         log.warning("AUTH_DISABLED is set: every caller can see and cancel every task")

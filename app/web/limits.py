@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, current_app, g, request
+from flask import Response, current_app, g, request
 
 from app import store
 from app.errors import RateLimited
@@ -65,19 +65,16 @@ def count_request() -> None:
     spent(limit, usage)
 
 
-def add_rate_limit_headers(response: Response) -> Response:
+def add_rate_limit_headers(response: Response) -> None:
     """RateLimit-Policy and RateLimit on every answer that spent a window."""
     rate = g.get("rate")
     if rate is None or "RateLimit-Policy" in response.headers:
-        return response  # unlimited, or a 429 that set its own
+        return  # unlimited, or a 429 that set its own
     limit, usage = rate
     remaining = max(0, limit.amount - usage.used)
-    response.headers["RateLimit-Policy"] = f'"{limit.name}";q={limit.amount};w={limit.window}'
-    response.headers["RateLimit"] = f'"{limit.name}";r={remaining};t={usage.reset}'
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Count every keyed request; add the headers to every answer."""
-    app.before_request(count_request)
-    app.after_request(add_rate_limit_headers)
+    response.headers.extend(
+        [
+            ("RateLimit-Policy", f'"{limit.name}";q={limit.amount};w={limit.window}'),
+            ("RateLimit", f'"{limit.name}";r={remaining};t={usage.reset}'),
+        ]
+    )

@@ -5,23 +5,25 @@ from __future__ import annotations
 from flask import Flask, Response
 from flask_cors import CORS
 
-
-def add_security_headers(response: Response) -> Response:
-    """Headers that keep browsers and shared caches from misusing an answer."""
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+SECURITY_HEADERS = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
     # The API serves no HTML; should a browser render an answer, it may run nothing.
-    response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
-    response.headers.setdefault("Cache-Control", "no-store")
-    if "no-store" in response.headers["Cache-Control"]:
-        response.headers["Cache-Control"] = "private, no-store"
-    return response
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+]
+NO_STORE = "private, no-store"
+
+
+def add_security_headers(response: Response) -> None:
+    """Headers that keep browsers and shared caches from misusing an answer."""
+    response.headers.extend(SECURITY_HEADERS)
+    if "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = NO_STORE
 
 
 def init_app(app: Flask) -> None:
-    """Security headers always; CORS when ``CORS_ORIGINS`` names origins."""
-    app.after_request(add_security_headers)
+    """CORS when ``CORS_ORIGINS`` names origins (the headers are added by ``app.web``)."""
     if app.config["CORS_ORIGINS"]:
         CORS(
             app,

@@ -87,7 +87,6 @@ def task_id_or_404(task_id: str) -> str:
 def task_response(task: dict[str, Any], status: int = 200, created: bool = False) -> Response:
     """The task resource; ``created``: a new task, whose address goes in ``Location``."""
     response = Response(orjson.dumps(task), status, mimetype="application/json")
-    response.headers["Cache-Control"] = "no-store"
     if task["state"] not in FINAL_STATES:
         response.headers["Retry-After"] = "1"
     if created:
@@ -171,12 +170,14 @@ def list_tasks() -> Response:
     if errors:
         raise Unprocessable("the filters are not valid", errors)
     items, next_cursor = jobs().list(current(), filters.state, filters.task, filters.limit, cursor)
-    response = jsonify({"items": items, "next_cursor": next_cursor})
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return jsonify({"items": items, "next_cursor": next_cursor})
 
 
 @bp.get("/task-types")
 def list_task_types() -> Response:
-    registry = task_types()
-    return jsonify({"items": [registry[name].schema() for name in sorted(registry)]})
+    listing = current_app.extensions.get("errand.task_types_listing")
+    if listing is None:  # made once: pydantic's schemas take milliseconds
+        registry = task_types()
+        listing = orjson.dumps({"items": [registry[name].schema() for name in sorted(registry)]})
+        current_app.extensions["errand.task_types_listing"] = listing
+    return Response(listing, mimetype="application/json")

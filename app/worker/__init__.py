@@ -8,6 +8,7 @@ completed, or that was cancelled, does not run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import redis
@@ -20,6 +21,7 @@ from app.store import records
 from app.tasks.maintenance import prune_index
 from app.worker import signals
 from app.worker.lease import Lease
+from app.worker.results import run_started
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,24 @@ def celery_init_app(app: Flask) -> Celery:
 
 
 def begin(task: Task) -> None:
-    """Let the task run only if its record exists and holds no cancel."""
+    """Let the task run only if its record exists and holds no cancel; store STARTED."""
     task_id = task.request.id
     deadline_us = int(getattr(task.request, "errand_deadline", 0) or 0)
+    backend = task.backend
+    started = backend.encode(
+        {
+            "status": "STARTED",
+            "result": {"pid": os.getpid(), "hostname": task.request.hostname},
+            "traceback": None,
+            "children": [],
+            "date_done": None,
+            "task_id": task_id,
+        }
+    )
+    ttl = int(backend.expires or 0)
     while True:
         try:
-            verdict = records.begin(store.client(), task_id, deadline_us)
+            verdict = records.begin(store.client(), task_id, deadline_us, started, ttl)
         except redis.RedisError as exc:
             # The record store is unreachable: put the message back rather
             # than run a task whose cancel we cannot see, or lose it.
@@ -63,14 +77,22 @@ def begin(task: Task) -> None:
             time.sleep(1)
             raise Reject(str(exc), requeue=True) from exc
         if verdict == "run":
+            run_started[task_id] = time.monotonic()
             log.info("task %s started", task.name)
             return
+        if verdict == "done":
+            log.info("task %s had succeeded already (a redelivery); not run again", task_id)
+            raise Ignore()
         if verdict == "revoked":
             log.info("task %s was cancelled before it started", task_id)
             task.backend.mark_as_revoked(task_id, "cancelled", request=task.request)
             raise Ignore()
         if verdict == "orphan":
-            log.warning("task %s has no record: its submit failed; dropped", task_id)
+            log.warning(
+                "task %s has no Errand record: not submitted through the API, "
+                "or its submit failed; dropped",
+                task_id,
+            )
             task.backend.forget(task_id)
             raise Ignore()
         time.sleep(0.02)  # 'wait': the API is writing the record right now

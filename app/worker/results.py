@@ -1,17 +1,31 @@
 """Celery's Redis result backend, made to keep Errand's task records in step.
 
 Configured as ``app.worker.results:ResultStore+redis://...`` (see ``config.py``).
+Every state is stored by one script (``store_result.lua``) that also updates
+the task's record, the in-flight set and the metrics; Celery's own backend
+first GETs the stored state to keep a SUCCESS from being overwritten, a round
+trip the script saves.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
 
 from app.clock import isotime
+from app.metrics import runtime_bucket
 from app.store import keys, scripts
+
+# When each task began to run in this worker process (``app.worker.begin``), so
+# that its run time is counted with the state that ends the run.
+run_started: dict[str, float] = {}
+
+_RUN_ENDS = frozenset({states.SUCCESS, states.FAILURE, states.RETRY})
 
 
 class ResultStore(RedisBackend):
@@ -23,20 +37,34 @@ class ResultStore(RedisBackend):
         # and the subscriptions that would pile up in each gunicorn worker.
         return None
 
-    def _set_with_state(self, key: str | bytes, value: str | bytes, state: str) -> Any:
-        key = key.decode() if isinstance(key, bytes) else key
-        prefix = self.task_keyprefix
-        prefix = prefix.decode() if isinstance(prefix, bytes) else prefix
-        too_large = isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE
-        if not key.startswith(prefix) or too_large:
-            return super()._set_with_state(key, value, state)
-        task_id = key[len(prefix) :]
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        task_id = bytes_to_str(task_id)
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        bucket, seconds = "", 0.0
+        began = run_started.pop(task_id, None) if state in _RUN_ENDS else None
+        if began is not None:
+            seconds = time.monotonic() - began
+            bucket = runtime_bucket(seconds)
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        return self.ensure(self._store, (key, task_id, value, expires or 0, state))
-
-    def _store(self, key: str, task_id: str, value: str, expires: float, state: str) -> Any:
         final = "final" if state in states.READY_STATES else ""
-        args = [value, int(expires), state, isotime(), int(self.expires or 0), final, task_id]
-        args.append(keys.IN_FLIGHT_PREFIX)
-        names = [key, keys.record(task_id), keys.STATE_COUNTS]
-        return scripts.STORE_RESULT(self.client, names, *args)
+        args = [value, int(expires or 0), state, isotime(), int(self.expires or 0), final, task_id]
+        args += [keys.IN_FLIGHT_PREFIX, bucket, seconds]
+        names = [keys.result(task_id), keys.record(task_id), keys.STATE_COUNTS, keys.RUNTIMES]
+        self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
+        return result
