@@ -1,24 +1,51 @@
-"""``demo.progress``: a job to build frontends and tests against."""
+"""``demo.progress``: a job to build frontends and tests against, in every state it can reach."""
 
 from __future__ import annotations
 
 import time
 
-from pydantic import Field
+from celery import current_task
+from pydantic import Field, model_validator
 
 from app.tasks.registry import Params, report_progress, task_type
+
+
+class DemoError(Exception):
+    """The failure ``demo.progress`` was asked for."""
 
 
 class DemoProgress(Params):
     steps: int = Field(ge=1, le=1000, description="how many steps to run")
     delay: float = Field(ge=0, le=10, description="seconds to wait at each step")
+    fail_at: int | None = Field(
+        None, ge=1, le=1000, description="fail (FAILURE) when this step is reached"
+    )
+    retry_at: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="on the first attempt, go to RETRY at this step; the retry succeeds",
+    )
+
+    @model_validator(mode="after")
+    def steps_exist(self) -> DemoProgress:
+        for name in ("fail_at", "retry_at"):
+            value = getattr(self, name)
+            if value is not None and value > self.steps:
+                raise ValueError(f"{name} must be a step, 1 to {self.steps}")
+        return self
 
 
-@task_type("demo.progress", DemoProgress)
+@task_type("demo.progress", DemoProgress, max_retries=1)
 def demo_progress(params: DemoProgress) -> dict[str, int]:
-    """Count through steps with a delay each, reporting PROGRESS at every step."""
+    """Count through steps with a delay each, reporting PROGRESS; fail or retry if asked."""
     for step in range(1, params.steps + 1):
         time.sleep(params.delay)
+        if step == params.fail_at:
+            raise DemoError(f"asked to fail at step {step} of {params.steps}")
+        if step == params.retry_at and current_task.request.retries == 0:
+            error = DemoError(f"asked to retry at step {step} of {params.steps}")
+            raise current_task.retry(exc=error, countdown=max(params.delay, 0.5))
         report_progress(step, params.steps, f"step {step} of {params.steps}")
     return {"steps": params.steps}
 

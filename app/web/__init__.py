@@ -6,7 +6,7 @@ from flask import Flask, Response, g
 from flask.sessions import SessionInterface
 
 from app.log import assign_request_id
-from app.web import auth, health, limits, operations, problems, security, tasks
+from app.web import auth, health, limits, openapi, operations, page, problems, security, tasks
 
 
 class NoSessions(SessionInterface):
@@ -42,3 +42,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(tasks.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(page.bp)

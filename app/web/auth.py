@@ -23,7 +23,17 @@ from app.store import apikeys
 
 log = logging.getLogger(__name__)
 
-PUBLIC = {"health.healthz", "health.readyz"}
+# Open without a key: health checks, the contract and its docs, the page and its
+# files (the page asks for a key and sends it with every call it makes).
+PUBLIC = {
+    "health.healthz",
+    "health.readyz",
+    "openapi.spec",
+    "openapi.docs",
+    "openapi.docs_asset",
+    "page.index",
+    "static",
+}
 ADMIN_BLUEPRINTS = {"operations"}
 METRICS = "operations.metrics"
 

@@ -9,17 +9,21 @@ SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
-    # The API serves no HTML; should a browser render an answer, it may run nothing.
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
 ]
+# API answers are JSON: should a browser render one, it may run nothing. The page
+# and the docs set a policy of their own, which is kept.
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 NO_STORE = "private, no-store"
 
 
 def add_security_headers(response: Response) -> None:
     """Headers that keep browsers and shared caches from misusing an answer."""
-    response.headers.extend(SECURITY_HEADERS)
-    if "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = NO_STORE
+    headers = response.headers
+    headers.extend(SECURITY_HEADERS)
+    if "Content-Security-Policy" not in headers:
+        headers["Content-Security-Policy"] = API_POLICY
+    if "Cache-Control" not in headers:
+        headers["Cache-Control"] = NO_STORE
 
 
 def init_app(app: Flask) -> None:
