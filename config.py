@@ -180,6 +180,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CORS_ORIGINS": [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
         "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
         "PRUNE_INTERVAL": _int(env, "PRUNE_INTERVAL", 3600, low=1),
+        "WAIT_LIMIT": _int(env, "WAIT_LIMIT", 100, low=1),
+        "STREAM_TOKEN_TTL": _int(env, "STREAM_TOKEN_TTL", 60, low=5),
+        "SSE_HEARTBEAT": _float(env, "SSE_HEARTBEAT", 15.0),
+        "SSE_MAX_SECONDS": _float(env, "SSE_MAX_SECONDS", 300.0),
         "IDEMPOTENCY_TTL": _int(env, "IDEMPOTENCY_TTL", 24 * 3600, low=60),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
         # gunicorn.conf.py sets this so that every gunicorn worker's metrics add up.

@@ -62,6 +62,8 @@ def routes(task_url: str) -> list[tuple[str, str, str, Any]]:
         ("tasks.status", "GET", task_url, None),
         ("tasks.cancel", "DELETE", task_url, None),
         ("tasks.retry_task", "POST", task_url + "/retry", None),
+        ("tasks.events", "GET", task_url + "/events", None),
+        ("tasks.stream_token", "POST", task_url + "/stream-token", None),
         ("tasks.list_tasks", "GET", "/api/v1/tasks", None),
         ("tasks.list_task_types", "GET", "/api/v1/task-types", None),
         ("operations.workers", "GET", "/api/v1/workers", None),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from app.clock import isotime
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 STATES = frozenset({"PENDING", "STARTED", "PROGRESS", "RETRY"}) | FINAL_STATES
+SHOWS_LAST_PROGRESS = frozenset({"RETRY"}) | FINAL_STATES
 
 
 def state_of(record: dict[str, str], meta: dict[str, Any] | None) -> str:
@@ -43,10 +45,30 @@ def _progress(value: Any) -> dict[str, Any] | None:
     }
 
 
+def _last_progress(record: dict[str, str], state: str) -> dict[str, Any] | None:
+    """The progress last reported, as a run that ended or paused shows it (100 % on SUCCESS)."""
+    raw = record.get("progress")
+    if not raw:
+        return None
+    try:
+        progress = _progress(json.loads(raw).get("result"))
+    except (ValueError, AttributeError):
+        return None
+    if progress and state == "SUCCESS" and progress["total"]:
+        progress.update(current=progress["total"], percent=100.0)
+    return progress
+
+
 def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) -> dict[str, Any]:
     """The task resource: what ``GET /api/v1/tasks/<id>`` answers."""
     state = state_of(record, meta)
     value = meta.get("result") if meta else None
+    if state == "PROGRESS":
+        progress = _progress(value)
+    elif state in SHOWS_LAST_PROGRESS:
+        progress = _last_progress(record, state)
+    else:
+        progress = None
     finished = record.get("finished_at")
     if state in FINAL_STATES and not finished:
         finished = record.get("revoked_at") if state == "REVOKED" else None
@@ -56,7 +78,7 @@ def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) 
         "id": task_id,
         "task": record.get("task"),
         "state": state,
-        "progress": _progress(value) if state == "PROGRESS" else None,
+        "progress": progress,
         "result": value if state == "SUCCESS" else None,
         "error": _error(value) if state in {"FAILURE", "RETRY"} else None,
         "retries": int(record.get("retries", 0)),

@@ -49,6 +49,11 @@ def idempotency(digest: str) -> str:
     return IDEMPOTENCY_PREFIX + digest
 
 
+def streams(owner: str) -> str:
+    """The sorted set of one key's open waits (long-polls and event streams)."""
+    return f"errand:streams:{owner}"
+
+
 def bulk_progress(task_id: str) -> str:
     """Where an ``email.bulk`` job stands: the next recipient and how many were sent."""
     return f"errand:bulk:{task_id}"

@@ -6,6 +6,7 @@ The submit and status scripts count their own window in the same round trip
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import redis
@@ -36,3 +37,20 @@ def hit(client: redis.Redis, quota: Quota) -> Usage:
     """Count one request in the quota's window; ``allowed`` is False when it is spent."""
     allowed, used, reset = scripts.HIT(client, [quota.key], quota.amount, quota.window)
     return Usage(bool(allowed), int(used), max(int(reset), 0))
+
+
+def open_wait(client: redis.Redis, key: str, cap: int, wait_id: str, lease: int) -> bool:
+    """Take one of ``cap`` places for open waits under ``key``; False when all are taken."""
+    return bool(scripts.OPEN_STREAM(client, [key], cap, wait_id, lease))
+
+
+def renew_wait(client: redis.Redis, key: str, wait_id: str, lease: int) -> None:
+    """Keep an open wait's place for another ``lease`` seconds."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(key, {wait_id: int(time.time()) + lease}, xx=True).expire(key, lease)
+    pipe.execute()
+
+
+def close_wait(client: redis.Redis, key: str, wait_id: str) -> None:
+    """Give an open wait's place back."""
+    client.zrem(key, wait_id)

@@ -33,6 +33,7 @@ FIELDS = (
     "retries",
     "retry_of",
     "retried_by",
+    "progress",
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]

@@ -20,6 +20,7 @@ from app import store
 from app.errors import Forbidden, Unauthenticated
 from app.jobs.service import OPEN_ACCESS, Principal
 from app.store import apikeys
+from app.web.live import stream_token_key
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ PUBLIC = {
 }
 ADMIN_BLUEPRINTS = {"operations"}
 METRICS = "operations.metrics"
+EVENTS = "tasks.events"  # may take a stream token in its URL instead of the key
 
 # Key records (and "no such key"), by key id, for KEY_CACHE_SECONDS; at most
 # CACHE_SIZE of them, the least recently used dropped first, so that made-up key
@@ -83,6 +85,9 @@ def authenticate() -> None:
         g.principal = OPEN_ACCESS
         return
     header = request.headers.get("Authorization", "")
+    if not header and request.endpoint == EVENTS and "token" in request.args:
+        g.principal = _from_stream_token(request.args["token"])
+        return
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthenticated("send an API key: Authorization: Bearer <key>")
@@ -92,6 +97,15 @@ def authenticate() -> None:
     g.principal = principal
     if request.blueprint in ADMIN_BLUEPRINTS and not principal.admin:
         raise Forbidden("this route needs an admin key")
+
+
+def _from_stream_token(token: str) -> Principal:
+    """The principal of a stream token (``app.web.live``) that is good for this task."""
+    key_id = stream_token_key(token, (request.view_args or {}).get("task_id", ""))
+    record = _lookup(key_id) if key_id else {}
+    if not record.get("hash") or record.get("revoked_at"):
+        raise Unauthenticated("the stream token is wrong, expired or not for this task")
+    return Principal(key_id or "", record.get("name", ""), record.get("admin") == "1")
 
 
 def current() -> Principal:

@@ -14,15 +14,26 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
-from app.errors import InvalidBody, TaskNotFound, Unprocessable
+from app.errors import InvalidBody, StoreUnavailable, TaskNotFound, Unprocessable
 from app.jobs import Jobs
 from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
 from app.schemas import Filters, Submission
 from app.tasks.registry import Registry
 from app.web.auth import current
 from app.web.limits import quota, spent
+from app.web.live import (
+    Wait,
+    body_and_etag,
+    event_stream,
+    matches,
+    mint_stream_token,
+    wait_for_change,
+    watcher,
+)
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1")
+
+MAX_WAIT = 30  # seconds a long-poll may hold its answer
 
 
 def jobs() -> Jobs:
@@ -84,9 +95,16 @@ def task_id_or_404(task_id: str) -> str:
     raise TaskNotFound(f"no task {task_id}")
 
 
-def task_response(task: dict[str, Any], status: int = 200, created: bool = False) -> Response:
-    """The task resource; ``created``: a new task, whose address goes in ``Location``."""
-    response = Response(orjson.dumps(task), status, mimetype="application/json")
+def task_response(
+    task: dict[str, Any],
+    status: int = 200,
+    created: bool = False,
+    encoded: tuple[bytes, str] | None = None,
+) -> Response:
+    """The task resource with its ETag; ``created``: a new task, its address in ``Location``."""
+    body, etag = encoded or body_and_etag(task)
+    response = Response(body, status, mimetype="application/json")
+    response.headers["ETag"] = etag
     if task["state"] not in FINAL_STATES:
         response.headers["Retry-After"] = "1"
     if created:
@@ -136,13 +154,89 @@ def retry_task(task_id: str) -> Response:
     return task_response(task, 202, created=True)
 
 
+def wait_seconds() -> float:
+    """The ``wait`` of a long-poll: 0 to 30 seconds (0, or absent: answer at once)."""
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= MAX_WAIT:
+        raise Unprocessable(
+            "the filters are not valid",
+            [{"loc": ["query", "wait"], "msg": f"a whole number of seconds, 0 to {MAX_WAIT}"}],
+        )
+    return float(seconds)
+
+
 @bp.get("/tasks/<task_id>")
 def status(task_id: str) -> Response:
-    limit = quota("read")
-    task, usage = jobs().read(current(), task_id_or_404(task_id), limit)
+    task_id = task_id_or_404(task_id)
+    principal, service, limit = current(), jobs(), quota("read")
+    wait = wait_seconds() if request.args else 0.0
+    task, usage = service.read(principal, task_id, limit)
     if limit is not None:
         spent(limit, usage)
-    return task_response(task)
+    body, etag = body_and_etag(task)
+    client_has = request.headers.get("If-None-Match")
+    if wait and task["state"] not in FINAL_STATES and (not client_has or matches(client_has, etag)):
+        # Hold the answer until the task differs from what the client has.
+        place = Wait(principal)
+        try:
+            task, body, etag = wait_for_change(
+                lambda: service.status(principal, task_id), task_id, etag, wait, watcher()
+            )
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"could not wait for the task: {exc}") from exc
+        finally:
+            place.close()
+    if matches(client_has, etag):
+        response = Response(status=304)
+        response.headers["ETag"] = etag
+        return response
+    return task_response(task, encoded=(body, etag))
+
+
+@bp.get("/tasks/<task_id>/events")
+def events(task_id: str) -> Response:
+    """Server-Sent Events of one task (``app.web.live.event_stream``)."""
+    task_id = task_id_or_404(task_id)
+    principal, service, config = current(), jobs(), current_app.config
+    service.status(principal, task_id)  # 404 now, not in the middle of a stream
+    place = Wait(principal)
+    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id", "")
+    last = last if len(last) == 16 and all(c in "0123456789abcdef" for c in last) else ""
+    stream = event_stream(
+        lambda: service.status(principal, task_id),
+        task_id,
+        last,
+        watcher(),
+        place,
+        config["SSE_HEARTBEAT"],
+        config["SSE_MAX_SECONDS"],
+    )
+    response = Response(stream, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+@bp.post("/tasks/<task_id>/stream-token")
+def stream_token(task_id: str) -> Response:
+    """A short-lived token for this task's events URL (EventSource sends no headers)."""
+    task_id = task_id_or_404(task_id)
+    principal = current()
+    jobs().status(principal, task_id)
+    token = mint_stream_token(principal, task_id)
+    return jsonify(
+        {
+            "token": token,
+            "expires_in": current_app.config["STREAM_TOKEN_TTL"],
+            "events": f"/api/v1/tasks/{task_id}/events?token={token}",
+        }
+    )
 
 
 @bp.delete("/tasks/<task_id>")

@@ -1,6 +1,7 @@
 --[[
   Stores a task state for Celery's result backend, and keeps the task's record
-  in step in the same round trip: a final state closes the record, gives it the
+  in step in the same round trip: a PROGRESS is kept in the record (so the final
+  resource still shows it), a final state closes the record, gives it the
   result's lifetime and frees the owner's in-flight place; a retry counts; every
   state but PROGRESS counts in the metrics (per task type), and a run's time in
   the run-time histogram. A SUCCESS already stored is never overwritten (as
@@ -41,7 +42,11 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 local task = redis.call('HGET', KEYS[2], 'task')
 if task then
-  if ARGV[3] ~= 'PROGRESS' then redis.call('HINCRBY', KEYS[3], task .. '|' .. ARGV[3], 1) end
+  if ARGV[3] == 'PROGRESS' then
+    redis.call('HSET', KEYS[2], 'progress', ARGV[1])  -- the last progress outlives the state
+  else
+    redis.call('HINCRBY', KEYS[3], task .. '|' .. ARGV[3], 1)
+  end
   if ARGV[9] ~= '' then
     redis.call('HINCRBY', KEYS[4], task .. '|' .. ARGV[9], 1)
     redis.call('HINCRBY', KEYS[4], task .. '|count', 1)
