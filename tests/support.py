@@ -96,6 +96,10 @@ class Process:
         self.stop()
 
 
+# What a client sends when it connects, not per request (redis-py 8 sends HELLO).
+HANDSHAKE = {"hello", "client", "auth", "select"}
+
+
 class RedisServer(Process):
     """A private redis-server on a free port (never the machine's shared one)."""
 
@@ -140,8 +144,9 @@ class RedisServer(Process):
                 for entry in monitor.listen():
                     if marker in entry["command"]:
                         return
-                    if entry["client_type"] != "lua":
-                        seen.append(entry["command"].split(" ", 1)[0].lower())
+                    name = entry["command"].split(" ", 1)[0].lower()
+                    if entry["client_type"] != "lua" and name not in HANDSHAKE:
+                        seen.append(name)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()

@@ -90,7 +90,14 @@ def test_progress_to_success(client: FlaskClient, worker: Worker) -> None:
     assert "STARTED" in seen and "PROGRESS" in seen
     assert currents == sorted(currents) and len(set(currents)) >= 2
     assert task["result"] == {"steps": 4}
-    assert task["error"] is None and task["progress"] is None
+    assert task["error"] is None
+    # The last progress stays, at 100 %: a bar that saw 3 of 4 ends at 4 of 4.
+    assert task["progress"] == {
+        "current": 4,
+        "total": 4,
+        "percent": 100.0,
+        "message": "step 4 of 4",
+    }
     assert task["created_at"] <= task["started_at"] <= task["finished_at"]
     assert task["finished_at"].endswith("Z")
     assert "Retry-After" not in client.get(url).headers
