@@ -17,7 +17,7 @@ from app.store.apikeys import create_key, revoke_key
 from tests.support import BIN, ROOT, RedisServer, Worker, errand_env, make_app, submit, wait_for
 
 SECURED = {"AUTH_DISABLED": "false", "KEY_CACHE_SECONDS": "0"}
-OPEN = {"health.healthz", "health.readyz"}
+OPEN = {"health.healthz", "health.readyz", "page.index"}
 SECRET = "s" * 32
 
 
@@ -71,6 +71,7 @@ def routes(task_url: str) -> list[tuple[str, str, str, Any]]:
         ("operations.metrics", "GET", "/metrics", None),
         ("health.healthz", "GET", "/healthz", None),
         ("health.readyz", "GET", "/readyz", None),
+        ("page.index", "GET", "/", None),
     ]
 
 

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, current_app
 
 bp = Blueprint("page", __name__)
+
+# Only the page's own files: no inline script or style, nothing from elsewhere.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@bp.get("/")
+def index() -> Response:
+    """The page (``app/static/index.html``, with ``page.js``, ``page.css`` and ``errand.js``)."""
+    response = current_app.send_static_file("index.html")
+    response.headers["Content-Security-Policy"] = PAGE_POLICY
+    return response
