@@ -32,7 +32,21 @@ def init_app(app: Flask) -> None:
         CORS(
             app,
             origins=app.config["CORS_ORIGINS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["Location", "Retry-After", "RateLimit", "RateLimit-Policy"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-None-Match",
+                "Last-Event-ID",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "Retry-After",
+                "RateLimit",
+                "RateLimit-Policy",
+                "X-Request-ID",
+            ],
             methods=["GET", "POST", "DELETE"],
         )
