@@ -200,6 +200,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAIL_MAX_RETRIES": _int(env, "MAIL_MAX_RETRIES", 5),
         "MAIL_RETRY_BACKOFF": _float(env, "MAIL_RETRY_BACKOFF", 2.0),
         "MAIL_BATCH_SIZE": _int(env, "MAIL_BATCH_SIZE", 100, low=1),
+        "MAIL_TEMPLATE_LIMIT": _int(env, "MAIL_TEMPLATE_LIMIT", 100_000, low=1),
+        "MAIL_RENDER_BUDGET": _int(env, "MAIL_RENDER_BUDGET", 20_000_000, low=1),
         "MAIL_TIMEOUT": _float(env, "MAIL_TIMEOUT", 30.0),
         "CELERY": celery,
     }

@@ -164,7 +164,10 @@ def test_admin_sees_every_task_and_the_operator_routes(
     admin = bearer(keys["admin"])
     assert client.get(alices_task, headers=admin).status_code == 200
     listing = client.get("/api/v1/tasks?limit=200", headers=admin).json["items"]
-    assert alices_task.rsplit("/", 1)[-1] in {t["id"] for t in listing}
+    (alices,) = [t for t in listing if t["id"] == alices_task.rsplit("/", 1)[-1]]
+    assert alices["owner"] == {"id": keys["alice"].split("_")[1], "name": "alice"}
+    mine = client.get("/api/v1/tasks?limit=200", headers=bearer(keys["alice"])).json["items"]
+    assert all("owner" not in t for t in mine)  # only admins see owners
     for path in ("/api/v1/workers", "/api/v1/queues", "/metrics"):
         assert client.get(path, headers=admin).status_code == 200
         forbidden = client.get(path, headers=bearer(keys["alice"]))

@@ -150,6 +150,22 @@ def test_bad_filters_are_422(client: FlaskClient, query: str, loc: list[str]) ->
     assert loc in [error["loc"] for error in problem["errors"]]
 
 
+def test_every_bad_filter_is_named_at_once(client: FlaskClient) -> None:
+    problem = assert_problem(client.get("/api/v1/tasks?state=DONE&limit=500&task=x"), 422)
+    by_loc = {tuple(e["loc"]): e["msg"] for e in problem["errors"]}
+    assert set(by_loc) == {("query", "state"), ("query", "limit"), ("query", "task")}
+    assert by_loc[("query", "state")] == (
+        "not a task state: one of FAILURE, PENDING, PROGRESS, RETRY, REVOKED, STARTED, SUCCESS"
+    )
+    assert "demo.progress" in by_loc[("query", "task")]
+
+
+def test_validation_messages_are_plain(client: FlaskClient) -> None:
+    body = {"task": "email.send", "params": {"to": ["nope"], "subject": "s", "body": "b"}}
+    problem = assert_problem(client.post("/api/v1/tasks", json=body), 422)
+    assert problem["errors"][0]["msg"].startswith("not an email address")
+
+
 def test_unexpected_exception_is_500_without_traceback(redis_server: Any) -> None:
     app = make_app(redis_server.url)
 

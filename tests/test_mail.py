@@ -186,37 +186,68 @@ def test_bulk_refused_recipients_are_reported_and_the_rest_arrive(
 
 
 @pytest.mark.parametrize(
-    ("change", "named"),
+    ("change", "loc", "named"),
     [
-        ({"body": "Dear {{ name }} {{ missing }}"}, "recipient 0 (user0@example.com)"),
-        ({"subject": "{{ name }", "body": "x"}, "do not compile"),
-        ({"body": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}, "Call is not allowed"),
-        ({"body": "{{ cycler.__init__.__globals__ }}"}, "recipient 0"),  # the sandbox says no
-        ({"body": "{{ name.__class__ }}"}, "recipient 0"),
-        ({"subject": "Hi {{ name }}"}, "recipient 2 (user2@example.com)"),
+        ({"body": "Dear {{ name }} {{ missing }}"}, "body", "recipient 0 (user0@example.com)"),
+        ({"subject": "{{ name }", "body": "x"}, "subject", "not a template this API renders"),
+        ({"html": "<p>{{ name }"}, "html", "not a template this API renders"),
+        ({"body": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}, "body", "Call is not"),
+        ({"body": "{{ cycler.__init__.__globals__ }}"}, "body", "recipient 0"),  # no globals
+        ({"body": "{{ name.__class__ }}"}, "body", "recipient 0"),
+        ({"subject": "Hi {{ name }}"}, "subject", "recipient 2 (user2@example.com)"),
         # Templates cannot make the API spin or fill its memory:
-        ({"body": "{% for i in range(99999) %}{{ name }}{% endfor %}"}, "For is not allowed"),
-        ({"body": "{{ 9 ** 9 ** 9 }}"}, "Pow is not allowed"),
-        ({"body": "{{ name * 100000000 }}"}, "Mul is not allowed"),
-        ({"body": "{{ name ~ name }}"}, "Concat is not allowed"),
-        ({"body": "{{ name|center(100000000) }}"}, "filter 'center' is not allowed"),
-        ({"body": "{% macro m() %}x{% endmacro %}"}, "Macro is not allowed"),
-        ({"body": "{{ code }}" * 10 + "{{ name }}" * 40_000}, "renders to more than"),
+        ({"body": "{% for i in range(99999) %}{{ name }}{% endfor %}"}, "body", "For is not"),
+        ({"body": "{{ 9 ** 9 ** 9 }}"}, "body", "Pow is not allowed"),
+        ({"body": "{{ name * 100000000 }}"}, "body", "Mul is not allowed"),
+        ({"body": "{{ name ~ name }}"}, "body", "Concat is not allowed"),
+        ({"body": "{{ name|center(100000000) }}"}, "body", "filter 'center' is not allowed"),
+        ({"body": "{% macro m() %}x{% endmacro %}"}, "body", "Macro is not allowed"),
+        ({"body": "{{ code }}" * 10 + "{{ name }}" * 1900}, "body", "renders to more than"),
+        ({"body": "{{ name }}" * 2001}, "body", "at most 2,000 parts"),
+        ({"body": "{% if name %}" * 40 + "x" + "{% endif %}" * 40}, "body", "nested at most"),
+        ({"body": "{% if name %}" * 400 + "x" + "{% endif %}" * 400}, "body", "nested"),
+        ({"body": "x" * 100_001}, "body", "at most 100,000 characters"),
+        # Only strings and numbers print: no reprs, no heap addresses.
+        ({"body": "{{ name.upper }}"}, "body", "only strings and numbers"),
+        ({"body": "{{ lipsum }}"}, "body", "'lipsum' is undefined"),
     ],
 )
 def test_bulk_templates_that_do_not_render_are_422(
-    app: Any, client: FlaskClient, worker: Worker, smtp_server: SmtpSink, change: Any, named: str
+    app: Any,
+    client: FlaskClient,
+    worker: Worker,
+    smtp_server: SmtpSink,
+    change: Any,
+    loc: str,
+    named: str,
 ) -> None:
     params = {**campaign("never", 3), **change}
-    params["recipients"][0]["context"]["name"] = "n" * 30
+    params["recipients"][0]["context"]["name"] = "n" * 600
     params["recipients"][2]["context"]["name"] = "x\r\nBcc: victim@example.com"
     before = (len(smtp_server.envelopes), app.extensions["errand.redis"].zcard("errand:index"))
     response = client.post("/api/v1/tasks", json={"task": "email.bulk", "params": params})
     assert response.status_code == 422, response.json
-    assert named in response.json["errors"][0]["msg"]
+    (error,) = response.json["errors"]
+    assert error["loc"] == ["params", loc], error
+    assert named in error["msg"]
+    assert not error["msg"].startswith("Value error")
     settle(0.2)
     after = (len(smtp_server.envelopes), app.extensions["errand.redis"].zcard("errand:index"))
     assert after == before
+
+
+def test_bulk_render_budget(redis_server: Any) -> None:
+    client = make_app(redis_server.url, MAIL_RENDER_BUDGET="10000").test_client()
+    params = {**campaign("budget", 100), "body": "x" * 200 + "{{ name }}"}
+    response = client.post("/api/v1/tasks", json={"task": "email.bulk", "params": params})
+    assert response.status_code == 422
+    assert response.json["errors"] == [
+        {"loc": ["params", "recipients"], "msg": "the messages would hold more than 10,000 "
+         "characters in all"}
+    ]  # fmt: skip
+    params["recipients"] = params["recipients"][:20]
+    response = client.post("/api/v1/tasks", json={"task": "email.bulk", "params": params})
+    assert response.status_code == 202
 
 
 @pytest.mark.parametrize(("count", "status"), [(0, 422), (10_001, 422)])
@@ -294,7 +325,7 @@ def test_control_characters_in_headers_are_422(
     ]
     rendered = campaign("inject", 2)
     rendered["recipients"][1]["context"]["name"] = injected
-    bodies.append(("email.bulk", rendered, ["params", "recipients"]))
+    bodies.append(("email.bulk", rendered, ["params", "subject"]))  # the template's field
     before = len(smtp_server.envelopes)
     for task, params, loc in bodies:
         response = client.post("/api/v1/tasks", json={"task": task, "params": params})

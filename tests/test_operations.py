@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.support import Api, Worker, errand_env, settle, submit, wait_for, wait_state
+from tests.support import Api, Worker, errand_env, runs, settle, submit, wait_for, wait_state
 
 JOB = {"task": "test.echo", "params": {"value": 11}}
 
@@ -84,11 +85,30 @@ def test_retry_resubmits_and_links_both_ways(client: FlaskClient, worker: Worker
     assert again["error"] == {"type": "ValueError", "message": "asked to fail with 9"}
 
 
-def test_retry_of_a_cancelled_task_runs_it(client: FlaskClient, worker: Worker) -> None:
-    url = submit(client, "test.echo", {"value": 21}, countdown=30)
-    client.delete(url)
+def test_retry_of_a_cancelled_task_keeps_its_options(client: FlaskClient, worker: Worker) -> None:
+    url = submit(client, "test.echo", {"value": 21}, countdown=2, priority=7)
+    cancelled = client.delete(url).json
+    assert cancelled["eta"] is not None and cancelled["eta"] > cancelled["created_at"]
+    before = time.time()
     retried = client.post(url + "/retry").json
-    assert wait_state(client, retried["links"]["self"])["result"] == 21
+    assert retried["eta"] is not None  # the countdown again, from the retry on
+    settle(1)
+    assert client.get(retried["links"]["self"]).json["state"] == "PENDING"
+    done = wait_state(client, retried["links"]["self"])
+    assert done["result"] == 21 and time.time() - before >= 2
+    assert done["started_at"] >= done["eta"]
+
+
+def test_a_task_is_retried_once(app: Flask, client: FlaskClient, worker: Worker) -> None:
+    failed_url = submit(client, "test.echo", {"value": 3, "fail": True})
+    wait_state(client, failed_url)
+    first, second = client.post(failed_url + "/retry"), client.post(failed_url + "/retry")
+    assert first.status_code == second.status_code == 202
+    assert second.json["id"] == first.json["id"]  # the first retry's task, not a new one
+    assert client.get(failed_url).json["links"]["retried_by"] == first.json["links"]["self"]
+    wait_state(client, first.json["links"]["self"])
+    settle(0.5)
+    assert runs(app.extensions["errand.redis"], first.json["links"]["self"]) == 1
 
 
 def test_retry_needs_a_failed_task(client: FlaskClient, worker: Worker) -> None:

@@ -83,6 +83,7 @@ def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) 
         "error": _error(value) if state in {"FAILURE", "RETRY"} else None,
         "retries": int(record.get("retries", 0)),
         "created_at": record.get("created_at"),
+        "eta": record.get("eta"),
         "started_at": record.get("started_at"),
         "finished_at": finished if state in FINAL_STATES else None,
         "links": _links(task_id, record),

@@ -152,7 +152,7 @@ class Jobs:
             try:
                 written = records.create(
                     self.client, task_id, task_type.name, created, deadline_us, params, owner,
-                    retry_of,
+                    retry_of, options,
                 )  # fmt: skip
             except redis.RedisError as exc:
                 log.warning("submit %s: task store unreachable: %r", task_id, exc)
@@ -168,7 +168,7 @@ class Jobs:
                 if owner:
                     records.unreserve(self.client, owner, task_id)
             raise error
-        return self._accepted(task_id, task_type, created, retry_of), usage
+        return self._accepted(task_id, task_type, created, retry_of, options), usage
 
     def _submit_in_one_script(
         self,
@@ -201,6 +201,7 @@ class Jobs:
                 self.client,
                 task_id=task_id,
                 task_name=task_type.name,
+                options=options,
                 created=created,
                 deadline_us=deadline_us,
                 params_json=params_json.decode(),
@@ -217,8 +218,8 @@ class Jobs:
             log.warning("submit %s: task store unreachable: %r", task_id, exc)
             raise StoreUnavailable("the task store did not answer in time") from exc
         if done.verdict == "ok":
-            return self._accepted(task_id, task_type, created, retry_of), done.usage
-        if done.verdict == "existing":
+            return self._accepted(task_id, task_type, created, retry_of, options), done.usage
+        if done.verdict in {"existing", "retried"}:
             return self.status(principal, done.existing_id), done.usage
         if done.verdict == "conflict":
             raise Unprocessable("this Idempotency-Key was used for a different request", KEY_REUSED)
@@ -230,9 +231,15 @@ class Jobs:
         raise StoreUnavailable("the task store did not answer in time")
 
     def _accepted(
-        self, task_id: str, task_type: TaskType, created: float, retry_of: str | None
+        self,
+        task_id: str,
+        task_type: TaskType,
+        created: float,
+        retry_of: str | None,
+        options: dict[str, Any],
     ) -> dict[str, Any]:
         record = {"task": task_type.name, "created_at": isotime(created), "retries": "0"}
+        record.update(records.schedule_fields(created, options))
         if retry_of:
             record["retry_of"] = retry_of
         return resource(task_id, record, None)
@@ -302,20 +309,28 @@ class Jobs:
             time.sleep(0.02)  # 'inflight': the first submit with this key is on its way
 
     def resubmit(self, principal: Principal, task_id: str, request_id: str = "") -> dict[str, Any]:
-        """Submit a failed or cancelled task again, with the same type and params."""
+        """Submit a failed or cancelled task again, with the same type, params and options.
+
+        A task is retried once: asked again, this answers the task the first
+        retry made (as an Idempotency-Key would).
+        """
         task = self.status(principal, task_id)
+        if "retried_by" in task["links"]:
+            return self.status(principal, task["links"]["retried_by"].rsplit("/", 1)[-1])
         if task["state"] not in {"FAILURE", "REVOKED"}:
             raise StateConflict(
                 f"only a FAILURE or REVOKED task can be retried, not {task['state']}"
             )
         try:
-            params = records.params_of(self.client, task_id)
+            params, options = records.params_of(self.client, task_id)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the task store did not answer: {exc}") from exc
         task_type = self.task_types.get(task["task"] or "")
         if params is None or task_type is None:
             raise StateConflict(f"task {task_id} can no longer be retried")
-        task, _ = self.submit(principal, task_type, params, {}, None, request_id, retry_of=task_id)
+        task, _ = self.submit(
+            principal, task_type, params, options, None, request_id, retry_of=task_id
+        )
         return task
 
     def status(self, principal: Principal, task_id: str) -> dict[str, Any]:
@@ -384,6 +399,8 @@ class Jobs:
                     if hit is None:
                         continue  # expired; the beat job prunes the index
                     task = resource(row[1], *hit)
+                    if principal.admin:
+                        task["owner"] = hit[0].get("owner") or None  # the key that submitted it
                     if state is None or task["state"] == state:
                         items.append(task)
                         if len(items) == limit:

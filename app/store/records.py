@@ -34,6 +34,7 @@ FIELDS = (
     "retry_of",
     "retried_by",
     "progress",
+    "eta",
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]
@@ -53,6 +54,14 @@ def unreserve(client: redis.Redis, owner: str, task_id: str) -> None:
     client.zrem(keys.in_flight(owner), task_id)
 
 
+def schedule_fields(created: float, options: dict[str, Any]) -> dict[str, str]:
+    """The record fields of a submit's options: the options themselves, and a countdown's ETA."""
+    fields = {"options": json.dumps(options, separators=(",", ":"))}
+    if options.get("countdown"):
+        fields["eta"] = isotime(created + options["countdown"])
+    return fields
+
+
 def create(
     client: redis.Redis,
     task_id: str,
@@ -62,6 +71,7 @@ def create(
     params: dict[str, Any],
     owner: str = "",
     retry_of: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> bool:
     """Write a new record and index it; False when Redis got it after the deadline.
 
@@ -76,6 +86,8 @@ def create(
         names += [keys.owner_index(owner), keys.owner_index(owner, task_name)]
     args = [deadline_us, task_name, isotime(created), created_us, task_id]
     args += ["params", json.dumps(params, separators=(",", ":")), "owner", owner]
+    for field, value in schedule_fields(created, options or {}).items():
+        args += [field, value]
     if retry_of:
         args += ["retry_of", retry_of]
     return bool(scripts.CREATE(client, names, *args))
@@ -85,7 +97,7 @@ def create(
 class Submitted:
     """What ``submit`` did: ``verdict`` is one of ``submit.lua``'s answers."""
 
-    verdict: str  # ok, existing, conflict, rate, inflight, late
+    verdict: str  # ok, existing, retried, conflict, rate, inflight, late
     usage: Usage | None = None
     existing_id: str = ""
 
@@ -95,6 +107,7 @@ def submit(
     *,
     task_id: str,
     task_name: str,
+    options: dict[str, Any],
     created: float,
     deadline_us: int,
     params_json: str,
@@ -135,14 +148,16 @@ def submit(
     ]
     args += ["task", task_name, "created_at", isotime(created), "created_us", created_us]
     args += ["retries", 0, "params", params_json, "owner", owner]
+    for field, value in schedule_fields(created, options).items():
+        args += [field, value]
     if retry_of:
         args += ["retry_of", retry_of]
     answer = scripts.SUBMIT(client, names, *args)
     verdict = answer[0].decode()
     usage = None
-    if quota is not None and verdict in {"ok", "existing", "rate"}:
+    if quota is not None and verdict in {"ok", "existing", "retried", "rate"}:
         usage = Usage(verdict != "rate", int(answer[1]), max(int(answer[2]), 0))
-    existing = answer[3].decode() if verdict == "existing" else ""
+    existing = answer[3].decode() if verdict in {"existing", "retried"} else ""
     return Submitted(verdict, usage, existing)
 
 
@@ -220,10 +235,10 @@ def read(client: redis.Redis, task_ids: Sequence[str]) -> list[Found | None]:
     return found
 
 
-def params_of(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
-    """The params a task was submitted with (None if the record is gone)."""
-    raw = client.hget(keys.record(task_id), "params")
-    return json.loads(raw) if raw else None
+def params_of(client: redis.Redis, task_id: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The params and options a task was submitted with (params None if the record is gone)."""
+    params, options = client.hmget(keys.record(task_id), ["params", "options"])
+    return (json.loads(params) if params else None), (json.loads(options) if options else {})
 
 
 def scan(

@@ -20,21 +20,16 @@ from typing import Annotated, Any
 
 from celery import current_task
 from email_validator import EmailNotValidError, validate_email
-from flask import current_app
+from flask import current_app, has_app_context
 from flask_mail import BadHeaderError, Connection, Message
-from jinja2 import StrictUndefined, Template, TemplateError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from pydantic import AfterValidator, Field, ValidationInfo
 
 from app import store
 from app.errors import MailUnavailable
 from app.store import keys
 from app.tasks.registry import Params, report_progress, task_type
-
-# Templates come from clients: render them in Jinja's sandbox, where they can
-# read only the recipient's context, and fail loudly on anything undefined.
-_text = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-_html = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 
 class PermanentEmailError(Exception):
@@ -92,39 +87,64 @@ class Recipient(Params):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+def _template(value: str | None, info: ValidationInfo) -> str | None:
+    """A bulk template field: within its size limit, and a template the sandbox accepts."""
+    if value is None:
+        return None
+    limit = _setting("MAIL_TEMPLATE_LIMIT", 100_000)
+    if len(value) > limit:
+        raise ValueError(f"a template may hold at most {limit:,} characters")
+    try:
+        _compile(_html if info.field_name == "html" else _text, value)
+    except TemplateError as exc:
+        raise ValueError(f"not a template this API renders: {exc}") from None
+    return value
+
+
 class BulkEmail(Params):
-    subject: HeaderText
-    body: BodyText
-    html: BodyText | None = None
+    subject: Annotated[HeaderText, AfterValidator(_template)]
+    body: Annotated[str, AfterValidator(_template)]
+    html: Annotated[str | None, AfterValidator(_template)] = None
     recipients: list[Recipient] = Field(min_length=1, max_length=10_000)
 
-    @field_validator("recipients")
-    @classmethod
-    def templates_render(cls, recipients: list[Recipient], info: ValidationInfo) -> list[Recipient]:
-        """Every template must render for every recipient, before anything is queued."""
-        if not {"subject", "body"} <= info.data.keys():
-            return recipients  # those fields failed already and are reported
-        if (info.context or {}).get("worker"):
-            return recipients  # checked at submit; the worker checks each one as it sends
-        try:
-            templates = Templates(info.data["subject"], info.data["body"], info.data.get("html"))
-        except TemplateError as exc:
-            raise ValueError(f"templates do not compile: {exc}") from None
-        for number, recipient in enumerate(recipients):
+
+def check_bulk(params: BulkEmail) -> list[dict[str, Any]]:
+    """Every template must render for every recipient, within the job's render budget.
+
+    Run at submit, before anything is queued; each error names the template's
+    field (``loc``) and the first recipient it fails for.
+    """
+    templates = Templates(params.subject, params.body, params.html)
+    budget, spent = _setting("MAIL_RENDER_BUDGET", 20_000_000), 0
+    for number, recipient in enumerate(params.recipients):
+        for field, template in templates.parts():
             try:
-                templates.render(recipient.context)
+                rendered = _render(template, recipient.context)
+                if field == "subject":
+                    header_safe(rendered)
             except Exception as exc:  # any failure of a client's template is the client's 422
-                raise ValueError(
-                    f"recipient {number} ({recipient.to}): templates do not render: {exc}"
-                ) from None
-        return recipients
+                message = f"recipient {number} ({recipient.to}): does not render: {exc}"
+                return [{"loc": ["params", field], "msg": message}]
+            spent += len(rendered)
+            if spent > budget:
+                message = f"the messages would hold more than {budget:,} characters in all"
+                return [{"loc": ["params", "recipients"], "msg": message}]
+    return []
+
+
+def _setting(name: str, default: int) -> int:
+    return int(current_app.config[name]) if has_app_context() else default
 
 
 # A client's template may substitute, filter and choose, but not loop, call,
-# define macros, concatenate or compute; and its output is cut off past
-# RENDER_LIMIT characters. So rendering costs about as much as the template and
-# the context are long, and one submit cannot make the API or a worker spin.
+# define macros, concatenate or compute; it has at most MAX_NODES parts, nested
+# at most MAX_DEPTH deep, and renders only strings and numbers; its output is cut
+# off past RENDER_LIMIT characters. So compiling and rendering cost about as much
+# as the template and the context are long, and no submit can make the API or a
+# worker spin, fill its memory, or show a Python object's repr.
 RENDER_LIMIT = 1_000_000
+MAX_NODES = 2000  # Jinja compiles about 10,000 parts a second
+MAX_DEPTH = 30
 _ALLOWED_NODES = (
     nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const,
     nodes.Getattr, nodes.Getitem, nodes.If, nodes.CondExpr, nodes.Compare, nodes.Operand,
@@ -136,14 +156,46 @@ _ALLOWED_FILTERS = {
 }  # fmt: skip
 
 
+def _only_text(value: Any) -> Any:
+    """What a template may print: strings and numbers (None prints nothing)."""
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float | Undefined):
+        return value  # an Undefined raises when printed (StrictUndefined)
+    raise SecurityError(f"a template prints only strings and numbers, not {type(value).__name__}")
+
+
+# Templates come from clients: render them in Jinja's sandbox, where they can
+# read only the recipient's context (no globals), and fail loudly on anything undefined.
+_text = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, finalize=_only_text
+)
+_html = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=True, finalize=_only_text
+)
+for _env in (_text, _html):
+    _env.globals.clear()
+
+
 def _compile(env: ImmutableSandboxedEnvironment, source: str) -> Template:
-    tree = env.parse(source)
-    for node in tree.find_all(nodes.Node):
-        if not isinstance(node, _ALLOWED_NODES):
-            raise TemplateError(f"{type(node).__name__} is not allowed in a template")
-        if isinstance(node, nodes.Filter) and node.name not in _ALLOWED_FILTERS:
-            raise TemplateError(f"the filter {node.name!r} is not allowed in a template")
-    return env.from_string(tree)
+    try:
+        tree = env.parse(source)
+        count, stack = 0, [(tree, 0)]
+        while stack:
+            node, depth = stack.pop()
+            count += 1
+            if count > MAX_NODES:
+                raise TemplateError(f"a template may have at most {MAX_NODES:,} parts")
+            if depth > MAX_DEPTH:
+                raise TemplateError(f"a template may be nested at most {MAX_DEPTH} deep")
+            if not isinstance(node, _ALLOWED_NODES):
+                raise TemplateError(f"{type(node).__name__} is not allowed in a template")
+            if isinstance(node, nodes.Filter) and node.name not in _ALLOWED_FILTERS:
+                raise TemplateError(f"the filter {node.name!r} is not allowed in a template")
+            stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+        return env.from_string(tree)
+    except (RecursionError, SyntaxError, MemoryError) as exc:
+        raise TemplateError(f"too deeply nested ({type(exc).__name__})") from None
 
 
 class Templates:
@@ -154,6 +206,11 @@ class Templates:
         self.body = _compile(_text, body)
         self.html = _compile(_html, html) if html is not None else None
 
+    def parts(self) -> list[tuple[str, Template]]:
+        """Each template with the name of its field."""
+        found = [("subject", self.subject), ("body", self.body)]
+        return found + ([("html", self.html)] if self.html is not None else [])
+
     def render(self, context: dict[str, Any]) -> tuple[str, str, str | None]:
         """Subject, text and HTML for one recipient; ValueError for a subject no header may hold."""
         subject = header_safe(_render(self.subject, context))
@@ -163,11 +220,14 @@ class Templates:
 
 def _render(template: Template, context: dict[str, Any]) -> str:
     parts, size = [], 0
-    for chunk in template.generate(context):
-        size += len(chunk)
-        if size > RENDER_LIMIT:
-            raise ValueError(f"renders to more than {RENDER_LIMIT:,} characters")
-        parts.append(chunk)
+    try:
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > RENDER_LIMIT:
+                raise ValueError(f"renders to more than {RENDER_LIMIT:,} characters")
+            parts.append(chunk)
+    except RecursionError:
+        raise ValueError("too deeply nested to render") from None
     return "".join(parts)
 
 
@@ -292,7 +352,7 @@ class BulkProgress:
         return [json.loads(item) for item in store.client().lrange(self.failed_key, 0, -1)]
 
 
-@task_type("email.bulk", BulkEmail)
+@task_type("email.bulk", BulkEmail, check=check_bulk)
 def send_bulk(params: BulkEmail) -> dict[str, object]:
     """Send one templated message to each recipient, in batches, reporting PROGRESS."""
     templates = Templates(params.subject, params.body, params.html)

@@ -43,6 +43,9 @@ class TaskType:
     description: str
     params: type[BaseModel]
     task: Task
+    # Checks that need more than the params model (e.g. rendering templates for every
+    # recipient), run at submit: a list of errors ({"loc", "msg"}), empty when all is well.
+    check: Callable[[Any], list[dict[str, Any]]] | None = None
 
     def schema(self) -> dict[str, Any]:
         """The task type as ``/api/v1/task-types`` lists it."""
@@ -57,9 +60,15 @@ Registry = dict[str, TaskType]
 
 
 def task_type(
-    name: str, params: type[P], **celery_options: Any
+    name: str,
+    params: type[P],
+    check: Callable[[P], list[dict[str, Any]]] | None = None,
+    **celery_options: Any,
 ) -> Callable[[Callable[[P], Any]], TaskType]:
-    """Declare a task type from a function that takes its validated params."""
+    """Declare a task type from a function that takes its validated params.
+
+    ``check``, if given, runs at submit after the params validated (see ``TaskType``).
+    """
 
     def declare(func: Callable[[P], Any]) -> TaskType:
         def run(self: Task, raw: dict[str, Any]) -> Any:
@@ -71,7 +80,7 @@ def task_type(
         run.__doc__ = func.__doc__
         task = shared_task(name=name, bind=True, errand_record=True, **celery_options)(run)
         description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        return TaskType(name, description, params, task)
+        return TaskType(name, description, params, task, check)
 
     return declare
 

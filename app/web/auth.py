@@ -99,6 +99,11 @@ def authenticate() -> None:
         raise Forbidden("this route needs an admin key")
 
 
+def key_name(key_id: str) -> str | None:
+    """A key's name, from the same short cache as the check (None for an unknown key)."""
+    return _lookup(key_id).get("name")
+
+
 def _from_stream_token(token: str) -> Principal:
     """The principal of a stream token (``app.web.live``) that is good for this task."""
     key_id = stream_token_key(token, (request.view_args or {}).get("task_id", ""))

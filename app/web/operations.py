@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from app import store
 from app.errors import BrokerUnavailable, StoreUnavailable
@@ -42,4 +42,6 @@ def metrics() -> Response:
         client, lambda: queue_depths(celery_app), lambda: count_live_workers(client, interval)
     )
     body = exposition(current_app.config["METRICS_MULTIPROCESS"], collector)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    # The text format both Prometheus 2 and 3 read; content_type, not mimetype: Flask would
+    # add a second charset, which Prometheus 3 refuses.
+    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)

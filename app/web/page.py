@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from functools import cache
+from importlib import resources
+
+from flask import Blueprint, Response
 
 bp = Blueprint("page", __name__)
 
@@ -13,9 +16,15 @@ PAGE_POLICY = (
 )
 
 
+@cache
+def _html() -> bytes:
+    return resources.files("app").joinpath("static/index.html").read_bytes()
+
+
 @bp.get("/")
 def index() -> Response:
     """The page (``app/static/index.html``, with ``page.js``, ``page.css`` and ``errand.js``)."""
-    response = current_app.send_static_file("index.html")
+    response = Response(_html(), mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_POLICY
+    response.headers["Cache-Control"] = "no-cache"
     return response

@@ -19,7 +19,7 @@ from app.jobs import Jobs
 from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
 from app.schemas import Filters, Submission
 from app.tasks.registry import Registry
-from app.web.auth import current
+from app.web.auth import current, key_name
 from app.web.limits import quota, spent
 from app.web.live import (
     Wait,
@@ -49,7 +49,10 @@ def task_types() -> Registry:
 
 
 def _errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
+    return [
+        {"loc": [*prefix, *e["loc"]], "msg": e["msg"].removeprefix("Value error, ")}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 def _reject_constant(name: str) -> None:
@@ -132,6 +135,10 @@ def submit() -> Response:
         raise Unprocessable(
             f"params are not valid for {task_type.name}", _errors(exc, ("params",))
         ) from None
+    if task_type.check is not None:
+        problems = task_type.check(params)
+        if problems:
+            raise Unprocessable(f"params are not valid for {task_type.name}", problems)
     options = submission.options.model_dump(exclude_none=True)
     limit = quota("submit")
     task, usage = jobs().submit(
@@ -246,24 +253,34 @@ def cancel(task_id: str) -> Response:
 
 @bp.get("/tasks")
 def list_tasks() -> Response:
+    args = request.args.to_dict()
+    errors: list[dict[str, Any]] = []
+    filters = None
     try:
-        filters = Filters.model_validate(request.args.to_dict())
+        filters = Filters.model_validate(args)
     except ValidationError as exc:
-        raise Unprocessable("the filters are not valid", _errors(exc, ("query",))) from None
-    errors = []
-    if filters.state is not None and filters.state not in STATES:
-        errors.append({"loc": ["query", "state"], "msg": "not a task state"})
-    if filters.task is not None and filters.task not in task_types():
-        errors.append({"loc": ["query", "task"], "msg": "not a task type"})
+        errors += _errors(exc, ("query",))
+    registry = task_types()
+    if "state" in args and args["state"] not in STATES:
+        states = ", ".join(sorted(STATES))
+        errors.append({"loc": ["query", "state"], "msg": f"not a task state: one of {states}"})
+    if "task" in args and args["task"] not in registry:
+        names = ", ".join(sorted(registry))
+        errors.append({"loc": ["query", "task"], "msg": f"not a task type: one of {names}"})
     cursor = None
-    if filters.cursor is not None:
+    if "cursor" in args:
         try:
-            cursor = decode_cursor(filters.cursor)
+            cursor = decode_cursor(args["cursor"])
         except ValueError:
             errors.append({"loc": ["query", "cursor"], "msg": "not a cursor this API gave"})
-    if errors:
+    if errors or filters is None:
         raise Unprocessable("the filters are not valid", errors)
-    items, next_cursor = jobs().list(current(), filters.state, filters.task, filters.limit, cursor)
+    principal = current()
+    items, next_cursor = jobs().list(principal, filters.state, filters.task, filters.limit, cursor)
+    if principal.admin:
+        for item in items:  # admins see whose each task is
+            owner = item.get("owner")
+            item["owner"] = {"id": owner, "name": key_name(owner)} if owner else None
     return jsonify({"items": items, "next_cursor": next_cursor})
 
 

@@ -42,9 +42,13 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 local task = redis.call('HGET', KEYS[2], 'task')
 if task then
+  -- A final state counts once: a cancelled countdown task is stored REVOKED at the
+  -- cancel and again when a worker discards it at its ETA.
+  local first_final = ARGV[6] == 'final'
+    and redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4]) == 1
   if ARGV[3] == 'PROGRESS' then
     redis.call('HSET', KEYS[2], 'progress', ARGV[1])  -- the last progress outlives the state
-  else
+  elseif ARGV[6] ~= 'final' or first_final then
     redis.call('HINCRBY', KEYS[3], task .. '|' .. ARGV[3], 1)
   end
   if ARGV[9] ~= '' then
@@ -57,7 +61,6 @@ if task then
   elseif ARGV[6] == 'final' then
     local owner = redis.call('HGET', KEYS[2], 'owner')
     if owner then redis.call('ZREM', ARGV[8] .. owner, ARGV[7]) end
-    redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4])
     if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
   end
 end

@@ -32,6 +32,7 @@
     {'ok', used, reset}           submitted; used: requests counted in the window,
                                   reset: seconds until the window ends (-1: no limit)
     {'existing', used, reset, id} the Idempotency-Key already made task id
+    {'retried', used, reset, id}  the task retried was retried already, by task id
     {'conflict'}                  the Idempotency-Key was used for another request
     {'rate', used, reset}         the rate window is spent
     {'inflight', held}            every place in flight is taken
@@ -67,6 +68,14 @@ if KEYS[3] ~= '' then
       count()
       return {'existing', used, reset, id}
     end
+  end
+end
+
+if KEYS[5] ~= '' then
+  local again = redis.call('HGET', KEYS[5], 'retried_by')
+  if again then
+    count()
+    return {'retried', used, reset, again}
   end
 end
 
