@@ -90,10 +90,16 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     auth_disabled = _bool(env, "AUTH_DISABLED", False)
     if production and not secret_key:
         raise ConfigError("SECRET_KEY must be set when ERRAND_ENV=production")
+    if production and len(secret_key) < 32:
+        raise ConfigError("SECRET_KEY must be at least 32 characters when ERRAND_ENV=production")
     if production and auth_disabled:
         raise ConfigError("AUTH_DISABLED must not be set when ERRAND_ENV=production")
     if production and _bool(env, "FLASK_DEBUG", False):
         raise ConfigError("FLASK_DEBUG must be off when ERRAND_ENV=production")
+
+    origins = [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()]
+    if production and "*" in origins:
+        raise ConfigError("CORS_ORIGINS must name origins, not *, when ERRAND_ENV=production")
 
     redis_url = env.get("REDIS_URL", "redis://localhost:6379/0")
     broker_url = env.get("CELERY_BROKER_URL") or redis_url
@@ -175,9 +181,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "METRICS_PUBLIC": _bool(env, "METRICS_PUBLIC", False),
         "RATE_LIMIT_SUBMIT": _rate(env, "RATE_LIMIT_SUBMIT", "50 per second"),
         "RATE_LIMIT_READ": _rate(env, "RATE_LIMIT_READ", "200 per second"),
+        "AUTH_FAILURE_LIMIT": _rate(env, "AUTH_FAILURE_LIMIT", "30 per minute"),
         "IN_FLIGHT_LIMIT": _int(env, "IN_FLIGHT_LIMIT", 1000, low=1),
         "IN_FLIGHT_RETRY_AFTER": _int(env, "IN_FLIGHT_RETRY_AFTER", 5, low=1),
-        "CORS_ORIGINS": [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
+        "CORS_ORIGINS": origins,
         "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
         "PRUNE_INTERVAL": _int(env, "PRUNE_INTERVAL", 3600, low=1),
         "WAIT_LIMIT": _int(env, "WAIT_LIMIT", 100, low=1),

@@ -3,12 +3,37 @@
 import multiprocessing
 import os
 import shutil
+import socket
+import sys
 import tempfile
 
+from gunicorn.workers import ggevent
+from gunicorn.workers.base_async import AsyncWorker
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+
+
+class GeventWorker(ggevent.GeventWorker):
+    """gunicorn's gevent worker, that also drops clients that stall.
+
+    gunicorn's own already bounds the wait for a request's headers by
+    ``keepalive`` seconds; this one gives each read and write on a client's
+    socket ``GUNICORN_READ_TIMEOUT`` seconds too, so a body sent a byte now and
+    then, or an event stream nobody reads, ends instead of holding its
+    connection. Long-polls wait on Redis, not on the socket: they are not cut.
+    """
+
+    read_timeout = float(os.environ.get("GUNICORN_READ_TIMEOUT", "10"))
+
+    def handle(self, listener: object, client: socket.socket, addr: object) -> None:
+        client.setblocking(True)
+        client.settimeout(self.read_timeout)
+        AsyncWorker.handle(self, listener, client, addr)
+
+
 # gevent: one process holds many connections at once (long-polls, streams, slow
 # clients) and answers submits and reads faster than sync workers (README, Benchmarks).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or GeventWorker
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
@@ -35,18 +60,41 @@ else:
 access_log_format = os.environ.get("GUNICORN_ACCESS_LOG_FORMAT", _access)
 
 # Metrics of every gunicorn worker add up (prometheus_client's multiprocess mode):
-# each worker writes its samples under this directory, emptied at each start.
-_metrics_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="errand-metrics-")
-)
+# each worker writes its samples under this directory, emptied at each start. One
+# Errand makes (not one given in PROMETHEUS_MULTIPROC_DIR) goes when the master exits;
+# ERRAND_METRICS_DIR_MADE remembers that across a reload (SIGHUP reads this file again).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="errand-metrics-")
+    os.environ["ERRAND_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def _remove_metrics_dir() -> None:
+    if os.environ.get("ERRAND_METRICS_DIR_MADE") == _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def on_starting(server: object) -> None:
+    # The settings are checked once, here in the master, before any worker boots: a
+    # refused one is a single line, not a traceback from every worker.
+    import config
+
+    try:
+        config.load()
+    except config.ConfigError as error:
+        _remove_metrics_dir()
+        print(f"errand: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
 
 
 def child_exit(server: object, worker: object) -> None:
+    # A dead worker's live gauges must not linger in what /metrics adds up.
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    _remove_metrics_dir()

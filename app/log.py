@@ -37,15 +37,41 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Log lines carry ids and counts, not the people jobs are for: an email address
+# anywhere in a line (a refused recipient, an exception's text) is masked.
+_ADDRESS = re.compile(r"[^\s@<>\"'(),;:\[\]]+@[^\s@<>\"'(),;:\[\]]+\.[A-Za-z0-9-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every email address replaced by ``<address>``."""
+    return _ADDRESS.sub("<address>", text) if "@" in text else text
+
+
+class Redacting(logging.Formatter):
+    """Formats with another formatter, then masks what a log line must not carry."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        # Lines of a request or a task, or about one (Celery's trace): where client data is.
+        about_a_job = (
+            getattr(record, "task_id", "-") != "-" or getattr(record, "request_id", "-") != "-"
+        )
+        return redact(line) if about_a_job or record.name.startswith("celery.app") else line
+
+
 def handler(log_format: str) -> logging.Handler:
     """A stderr handler in the chosen format (``text`` or ``json``)."""
     stream = logging.StreamHandler()
+    inner: logging.Formatter
     if log_format == "json":
-        stream.setFormatter(
-            JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"})
-        )
+        inner = JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"})
     else:
-        stream.setFormatter(logging.Formatter(TEXT_FORMAT))
+        inner = logging.Formatter(TEXT_FORMAT)
+    stream.setFormatter(Redacting(inner))
     stream.addFilter(RequestIdFilter())
     return stream
 

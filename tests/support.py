@@ -173,6 +173,7 @@ def errand_env(redis_url: str, **extra: str) -> dict[str, str]:
         AUTH_DISABLED="true",
         RATE_LIMIT_SUBMIT="100000 per second",
         RATE_LIMIT_READ="100000 per second",
+        AUTH_FAILURE_LIMIT="100000 per second",
     )
     env.update(extra)
     return env

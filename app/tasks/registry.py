@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Task, current_task, shared_task
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 P = TypeVar("P", bound=BaseModel)
+
+
+class InvalidParams(ValueError):
+    """A message reached a worker with params its task type does not accept."""
 
 
 class Params(BaseModel):
@@ -74,7 +78,12 @@ def task_type(
         def run(self: Task, raw: dict[str, Any]) -> Any:
             # Validated again, as nothing from the broker is trusted; a check that
             # costs much and is repeated where the work is done may skip itself here.
-            return func(params.model_validate(raw, context={"worker": True}))
+            try:
+                checked = params.model_validate(raw, context={"worker": True})
+            except ValidationError as exc:  # say where, never the values (they are logged)
+                places = ", ".join(".".join(map(str, e["loc"])) or "params" for e in exc.errors())
+                raise InvalidParams(f"params are not valid for {name}: {places}") from None
+            return func(checked)
 
         run.__name__ = func.__name__
         run.__doc__ = func.__doc__

@@ -14,12 +14,14 @@ import logging
 import time
 from collections import OrderedDict
 
+import redis
 from flask import Flask, current_app, g, request
 
 from app import store
-from app.errors import Forbidden, Unauthenticated
+from app.errors import Forbidden, RateLimited, Unauthenticated
 from app.jobs.service import OPEN_ACCESS, Principal
-from app.store import apikeys
+from app.store import apikeys, keys
+from app.store.quotas import Quota, hit
 from app.web.live import stream_token_key
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,32 @@ def verify(key: str) -> Principal | None:
 
 
 def authenticate() -> None:
-    """Before every request: who is calling, and may they call this route?"""
+    """Before every request: who is calling, and may they call this route?
+
+    Failed attempts are counted per client address (``AUTH_FAILURE_LIMIT``):
+    past the limit they answer 429 instead of 401, so keys cannot be guessed fast.
+    """
+    try:
+        _authenticate()
+    except Unauthenticated:
+        _count_failure()
+        raise
+
+
+def _count_failure() -> None:
+    limit = current_app.config["AUTH_FAILURE_LIMIT"]
+    if limit is None:
+        return
+    window = Quota("auth", f"{keys.LIMITS_PREFIX}:auth:ip:{request.remote_addr}", *limit)
+    try:
+        usage = hit(store.client(), window)
+    except redis.RedisError:
+        return  # the 401 stands
+    if not usage.allowed:
+        raise RateLimited("failed-auth", window.amount, window.window, usage.reset)
+
+
+def _authenticate() -> None:
     if request.endpoint in PUBLIC or request.method == "OPTIONS":
         return
     if request.endpoint == METRICS and current_app.config["METRICS_PUBLIC"]:

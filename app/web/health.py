@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -29,8 +30,24 @@ def _check_workers() -> None:
         raise RuntimeError("no worker has sent a heartbeat recently")
 
 
+# Open to anyone, so answered from a result about a second old: a flood of
+# readiness checks costs Redis nothing more than one check a second per process.
+READY_FOR = 1.0
+
+
 @bp.get("/readyz")
 def readyz() -> Response:
+    now = time.monotonic()
+    last = current_app.extensions.get("errand.ready")
+    if last is None or now - last[0] >= READY_FOR:
+        last = current_app.extensions["errand.ready"] = (now, *_check())
+    _, status, body = last
+    if status != 200:
+        return problem(status, body["detail"], headers={"Retry-After": "5"})
+    return jsonify(body)
+
+
+def _check() -> tuple[int, dict[str, Any]]:
     checks: dict[str, Any] = {}
     failed = []
     for name, check in (
@@ -45,7 +62,5 @@ def readyz() -> Response:
             checks[name] = f"failed: {exc}"
             failed.append(name)
     if failed:
-        return problem(
-            503, "not ready: " + ", ".join(failed) + " failed", headers={"Retry-After": "5"}
-        )
-    return jsonify({"status": "ready", "checks": checks})
+        return 503, {"detail": "not ready: " + ", ".join(failed) + " failed", "checks": checks}
+    return 200, {"status": "ready", "checks": checks}

@@ -6,13 +6,14 @@ Views parse, call ``app.jobs`` with the caller's principal, and shape the answer
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from app.errors import InvalidBody, StoreUnavailable, TaskNotFound, Unprocessable
 from app.jobs import Jobs
@@ -59,13 +60,45 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+class NotFinite(ValueError):
+    """A number in the body is too large for a double (it would be stored as null)."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotFinite(text[:40])
+    return value
+
+
+def _body() -> bytes:
+    """The raw body, 413 past MAX_CONTENT_LENGTH, however it was sent."""
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # Werkzeug answers 413 past the limit
+    # Chunked: Werkzeug would cut the body at the limit without a word; read one more.
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    stream, parts, size = request.environ["wsgi.input"], [], 0
+    while size <= limit:
+        part = stream.read(min(65536, limit + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    raise RequestEntityTooLarge(f"the body is larger than {limit:,} bytes")
+
+
 def json_object() -> dict[str, Any]:
-    """The request body as a JSON object: 415, 413 and 400 for anything else."""
+    """The request body as a JSON object: 415, 413, 400 and 422 for anything else."""
     if not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    raw = _body()
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
+    except NotFinite as exc:
+        raise Unprocessable(
+            "the body holds a number too large for a double",
+            [{"loc": ["body"], "msg": f"not a finite number: {exc}"}],
+        ) from None
     except (ValueError, RecursionError) as exc:
         raise InvalidBody(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
