@@ -119,7 +119,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     timeout = _float(env, "REDIS_TIMEOUT", 1.0)
     restore_interval = max(1, visibility // 6)
 
-    redis_broker = broker_url.startswith(("redis://", "rediss://"))
+    queue = env.get("TASK_QUEUE", "celery")
     transport = {
         "visibility_timeout": visibility,
         "socket_timeout": timeout,
@@ -141,7 +141,6 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "redis_socket_connect_timeout": timeout,
         "redis_retry_on_timeout": True,
         "broker_transport_options": transport,
-        "broker_transport": "app.worker.broker:Transport" if redis_broker else None,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": timeout,
         "visibility_timeout": visibility,
@@ -152,7 +151,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # STARTED is stored by Errand's start-of-task check, in the same round trip.
         "task_track_started": False,
-        "task_default_queue": env.get("TASK_QUEUE", "celery"),
+        "task_default_queue": queue,
         # Task events, so that Flower pointed at the same broker sees Errand's tasks.
         "worker_send_task_events": True,
         "worker_prefetch_multiplier": _int(env, "WORKER_PREFETCH_MULTIPLIER", 1, low=1),

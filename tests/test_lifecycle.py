@@ -39,8 +39,15 @@ def broker_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         return
     queue = f"errand-test-{uuid.uuid4().hex[:12]}"
     yield {"CELERY_BROKER_URL": RABBITMQ, "TASK_QUEUE": queue}
+    delete_queue_and_exchange(queue)
+
+
+def delete_queue_and_exchange(name: str) -> None:
+    """Leave the shared RabbitMQ as it was: Celery declared both under the queue's name."""
     with Connection(RABBITMQ, connect_timeout=5) as connection:
-        connection.default_channel.queue_delete(queue)
+        channel = connection.default_channel
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
 
 
 @pytest.fixture(scope="module")

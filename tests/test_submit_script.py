@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.store.apikeys import create_key
 from tests.support import BIN, errand_env, make_app, submit, wait_for, wait_state
+from tests.test_lifecycle import RABBITMQ, delete_queue_and_exchange
 
 JOB = {"task": "test.echo", "params": {"value": 1}}
 
@@ -71,15 +76,31 @@ def test_a_refused_submit_changes_nothing(stack: Any) -> None:
     assert sum(len(before[k]) for k in queued) == 2  # one message per task
 
 
-def test_priorities_run_highest_first(stack: Any, tmp_path: Path) -> None:
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Nothing more for Redis; for RabbitMQ a queue of the test's own, deleted afterwards."""
+    if request.param == "redis":
+        yield {}
+        return
+    queue = f"errand-test-{uuid.uuid4().hex[:12]}"
+    yield {"CELERY_BROKER_URL": RABBITMQ, "TASK_QUEUE": queue}
+    delete_queue_and_exchange(queue)
+
+
+def test_priorities_run_highest_first(stack: Any, tmp_path: Path, broker: dict[str, str]) -> None:
     server = stack("redis")
-    client = make_app(server.url).test_client()
+    env = errand_env(server.url, **broker)
+    client = make_app(server.url, **broker).test_client()
+    if broker:  # RabbitMQ: the queue (with x-max-priority) exists once a worker declared it
+        first = stack("worker", env, tmp_path / "first.log", "declare", concurrency=1)
+        first.stop()
     urls = [submit(client, "test.echo", {"value": p}, priority=p) for p in (0, 5, 9, 2, 7)]
     urls.append(submit(client, "test.echo", {"value": -1}))  # no priority: as 0, the lowest
-    stack("worker", errand_env(server.url), tmp_path / "w.log", "order", concurrency=1)
+    stack("worker", env, tmp_path / "w.log", "order", concurrency=1)
     tasks = [wait_state(client, url) for url in urls]
     order = [t["result"] for t in sorted(tasks, key=lambda t: t["started_at"])]
-    # Kombu's Redis transport has four priority lists: 9-7, 6-4, 3-1, 0 (each in submit order).
+    # RabbitMQ keeps each priority apart; kombu's Redis transport has four lists (9-7,
+    # 6-4, 3-1, 0), each in submit order: with these priorities both give this order.
     assert order == [9, 7, 5, 2, 0, -1]
 
 

@@ -18,6 +18,7 @@ Schema listed at ``/api/v1/task-types``; a module lists its types in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -110,7 +111,12 @@ def build(modules: Iterable[str]) -> Registry:
 
 
 def report_progress(current: int, total: int, message: str = "") -> None:
-    """Store the running task's progress as Celery's ``PROGRESS`` state."""
-    current_task.update_state(
-        state="PROGRESS", meta={"current": current, "total": total, "message": message}
-    )
+    """Store the running task's progress as Celery's ``PROGRESS`` state.
+
+    With task events on, monitors hear it too (Flower shows ``PROGRESS``, a custom state).
+    """
+    meta = {"current": current, "total": total, "message": message}
+    current_task.update_state(state="PROGRESS", meta=meta)
+    if current_task.app.conf.worker_send_task_events:
+        with contextlib.suppress(Exception):  # a monitor's view is not worth failing for
+            current_task.send_event("task-progress", retry=False, **meta)

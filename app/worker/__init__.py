@@ -16,6 +16,8 @@ from celery import Celery, Task
 from celery.app import trace
 from celery.exceptions import Ignore, Reject
 from flask import Flask
+from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from app import store
 from app.store import records
@@ -26,6 +28,10 @@ from app.worker.results import run_started
 
 log = logging.getLogger(__name__)
 
+
+# Errand's Redis transport (app.worker.broker) for redis:// and rediss:// URLs, by
+# kombu's own aliases: the URL keeps its scheme for every tool that reads it (Flower).
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "app.worker.broker:Transport"
 
 # Celery logs a task's return value when it succeeds; results hold client data
 # (addresses, whatever a team's task returns): log that it succeeded, and how fast.
@@ -46,6 +52,14 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
+    conf = celery_app.conf
+    if not conf.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        # Priority is 0 to 9, higher first, on both brokers; RabbitMQ honours it only on
+        # a queue declared with x-max-priority (on Redis: app.worker.messages).
+        name = conf.task_default_queue
+        conf.task_queues = [
+            Queue(name, Exchange(name), routing_key=name, queue_arguments={"x-max-priority": 9})
+        ]
     celery_app.conf.beat_schedule = {
         "prune-task-index": {"task": prune_index.name, "schedule": app.config["PRUNE_INTERVAL"]},
     }
@@ -88,10 +102,12 @@ def begin(task: Task) -> None:
             return
         if verdict == "done":
             log.info("task %s had succeeded already (a redelivery); not run again", task_id)
+            _tell_monitors(task, "task-succeeded", result="(succeeded before)", runtime=0)
             raise Ignore()
         if verdict == "revoked":
             log.info("task %s was cancelled before it started", task_id)
             task.backend.mark_as_revoked(task_id, "cancelled", request=task.request)
+            _tell_monitors(task, "task-revoked", terminated=False, signum=None, expired=False)
             raise Ignore()
         if verdict == "orphan":
             log.warning(
@@ -100,6 +116,7 @@ def begin(task: Task) -> None:
                 task_id,
             )
             task.backend.forget(task_id)
+            _tell_monitors(task, "task-revoked", terminated=False, signum=None, expired=False)
             raise Ignore()
         time.sleep(0.02)  # 'wait': the API is writing the record right now
 
@@ -108,3 +125,12 @@ def celery_of(app: Flask) -> Celery:
     """The Celery application created for ``app``."""
     celery_app: Celery = app.extensions["celery"]
     return celery_app
+
+
+def _tell_monitors(task: Task, event: str, **fields: object) -> None:
+    """Send a task event (Flower's view of the task) where Errand decided its end itself."""
+    if task.app.conf.worker_send_task_events:
+        try:
+            task.send_event(event, retry=False, **fields)
+        except Exception as exc:  # a monitor's view is not worth failing the task for
+            log.warning("could not send %s for %s: %s", event, task.request.id, exc)
