@@ -15,6 +15,8 @@ from app.errors import ErrandError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
+# RFC 9110's names, whichever Python runs (3.11's HTTPStatus still has the older ones).
+TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 
 
 def problem(
@@ -26,7 +28,7 @@ def problem(
     """A problem+json response."""
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": TITLES.get(status) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
     }
