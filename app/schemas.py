@@ -101,8 +101,8 @@ class Links(Answer):
     )
 
 
-class TaskResource(Answer):
-    """A task: what ``GET /api/v1/tasks/{task_id}`` answers and every task route embeds."""
+class TaskSummary(Answer):
+    """A task as a listing shows it: everything but its result and error."""
 
     id: str = Field(json_schema_extra={"format": "uuid"})
     task: str = Field(description="the task type's name")
@@ -110,14 +110,19 @@ class TaskResource(Answer):
     progress: Progress | None = Field(
         description="while PROGRESS, and the last one reported on RETRY and final states"
     )
-    result: Any = Field(description="the task's return value (any JSON), on SUCCESS only")
-    error: TaskError | None = Field(description="on FAILURE, and on RETRY for the last attempt")
     retries: int = Field(ge=0)
     created_at: Timestamp
     eta: Timestamp | None = Field(description="when its countdown lets it run; null without one")
     started_at: Timestamp | None
     finished_at: Timestamp | None = Field(description="set in final states only")
     links: Links
+
+
+class TaskResource(TaskSummary):
+    """A task: what ``GET /api/v1/tasks/{task_id}`` answers and every task route embeds."""
+
+    result: Any = Field(description="the task's return value (any JSON), on SUCCESS only")
+    error: TaskError | None = Field(description="on FAILURE, and on RETRY for the last attempt")
 
 
 class Owner(Answer):
@@ -127,8 +132,9 @@ class Owner(Answer):
     name: str | None = Field(description="the key's name; null if the key is gone")
 
 
-class ListedTask(TaskResource):
-    """A task in a listing: the task resource, and for an admin key whose it is."""
+class ListedTask(TaskSummary):
+    """A task in a listing: its summary (``GET`` the task for its result or error), and for
+    an admin key whose it is."""
 
     owner: Owner | None = Field(
         None,

@@ -207,3 +207,27 @@ def test_concurrent_submits_are_not_slowed_by_templates(client: FlaskClient) -> 
             range(5)))  # fmt: skip
     assert [a.status_code for a in answers] == [202] * 5
     assert time.monotonic() - started < 15
+
+
+def test_listings_read_an_index_and_carry_summaries(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    stack("worker", errand_env(server.url), tmp_path / "w.log", "lister", concurrency=2)
+    client = make_app(server.url).test_client()
+    done = [submit(client, "test.echo", {"value": n}) for n in range(30)]
+    failed = submit(client, "test.echo", {"value": 7, "fail": True})
+    for url in [*done, failed]:
+        wait_state(client, url)
+
+    def listing() -> Any:
+        return client.get("/api/v1/tasks?state=FAILURE").json
+
+    page = listing()
+    sent = server.commands_during(listing)
+    assert [t["id"] for t in page["items"]] == [failed.rsplit("/", 1)[-1]]
+    assert "result" not in page["items"][0] and "error" not in page["items"][0]
+    assert sent.count("zrevrangebyscore") == 1 and "get" not in sent  # no result is read
+    assert len(sent) <= 3  # the index, then the one record (pipelined)
+    everything = client.get("/api/v1/tasks?limit=200").json["items"]
+    assert len(everything) == 31 and all("result" not in t for t in everything)
+    assert {t["state"] for t in everything} == {"SUCCESS", "FAILURE"}
+    assert everything[-1]["progress"] is None and everything[0]["finished_at"]

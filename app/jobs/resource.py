@@ -90,6 +90,27 @@ def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) 
     }
 
 
+def summary(task_id: str, record: dict[str, str]) -> dict[str, Any]:
+    """A task as listings show it: from its record alone (no result or error)."""
+    state = record.get("state", "PENDING")
+    if state not in FINAL_STATES and "revoked_at" in record:
+        state = "REVOKED"
+    final = state in FINAL_STATES
+    shows = state == "PROGRESS" or state in SHOWS_LAST_PROGRESS
+    return {
+        "id": task_id,
+        "task": record.get("task"),
+        "state": state,
+        "progress": _last_progress(record, state) if shows else None,
+        "retries": int(record.get("retries", 0)),
+        "created_at": record.get("created_at"),
+        "eta": record.get("eta"),
+        "started_at": record.get("started_at"),
+        "finished_at": (record.get("finished_at") or record.get("revoked_at")) if final else None,
+        "links": _links(task_id, record),
+    }
+
+
 def _links(task_id: str, record: dict[str, str]) -> dict[str, str]:
     links = {"self": f"/api/v1/tasks/{task_id}"}
     for name in ("retry_of", "retried_by"):

@@ -28,7 +28,7 @@ from app.errors import (
     TooManyInFlight,
     Unprocessable,
 )
-from app.jobs.resource import FINAL_STATES, encode_cursor, resource
+from app.jobs.resource import FINAL_STATES, encode_cursor, resource, summary
 from app.store import keys, quotas, records
 from app.store.quotas import Quota, Usage
 from app.tasks.registry import Registry, TaskType
@@ -52,6 +52,8 @@ class Principal:
 
 # Who calls when AUTH_DISABLED is set: anyone, with an admin's reach.
 OPEN_ACCESS = Principal("", "anyone (AUTH_DISABLED)", admin=True)
+
+PAGE_BYTES = 256 * 1024  # a listing page stops growing here, whatever its limit
 
 KEY_REUSED = [{"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}]
 
@@ -379,32 +381,45 @@ class Jobs:
         limit: int,
         cursor: tuple[int, str] | None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of tasks, newest first, and the cursor of the next page."""
-        if principal.admin:
+        """A page of task summaries, newest first, and the cursor of the next page.
+
+        A state filter reads that state's index; what the index says is checked
+        against the record, and at most 1000 entries are read per page, so a
+        rare combination cannot stall a request. A page also stops at
+        ``PAGE_BYTES``.
+        """
+        owner = None if principal.admin else principal.key_id
+        if state is not None:
+            index = keys.state_index(state, owner)
+        elif owner is None:
             index = keys.type_index(task_name) if task_name else keys.INDEX
         else:
-            index = keys.owner_index(principal.key_id, task_name)
-        batch = limit if state is None else 200
-        budget = 1000  # index entries read per request, so a rare state cannot stall it
+            index = keys.owner_index(owner, task_name)
+        budget = 1000
         items: list[dict[str, Any]] = []
+        size = 0
         last: tuple[int, str] | None = cursor
         try:
             while budget > 0:
-                want = min(batch, budget)
+                want = min(limit if task_name is None or state is None else 200, budget)
                 rows = records.scan(self.client, index, last, want)
                 budget -= len(rows)
-                found = records.read(self.client, [task_id for _, task_id in rows])
-                for row, hit in zip(rows, found, strict=True):
+                found = records.summaries(self.client, [task_id for _, task_id in rows])
+                for row, record in zip(rows, found, strict=True):
                     last = row
-                    if hit is None:
+                    if record is None:
                         continue  # expired; the beat job prunes the index
-                    task = resource(row[1], *hit)
+                    task = summary(row[1], record)
+                    if (state and task["state"] != state) or (
+                        task_name and task["task"] != task_name
+                    ):
+                        continue
                     if principal.admin:
-                        task["owner"] = hit[0].get("owner") or None  # the key that submitted it
-                    if state is None or task["state"] == state:
-                        items.append(task)
-                        if len(items) == limit:
-                            return items, encode_cursor(*row)
+                        task["owner"] = record.get("owner") or None  # the key that submitted it
+                    items.append(task)
+                    size += len(orjson.dumps(task))
+                    if len(items) == limit or size > PAGE_BYTES:
+                        return items, encode_cursor(*row)
                 if len(rows) < want:
                     return items, None
         except redis.RedisError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 RECORD_PREFIX = "errand:task:"
 INDEX = "errand:index"
+BY_STATE_PREFIX = "errand:bystate:"
 IN_FLIGHT_PREFIX = "errand:inflight:"
 IDEMPOTENCY_PREFIX = "errand:idem:"
 APIKEY_PREFIX = "errand:apikey:"
@@ -37,6 +38,11 @@ def type_index(task_name: str) -> str:
 def owner_index(owner: str, task_name: str | None = None) -> str:
     """The index of one owner's tasks (of one type, if given)."""
     return f"{INDEX}:owner:{owner}" + (f":{task_name}" if task_name else "")
+
+
+def state_index(state: str, owner: str | None = None) -> str:
+    """The index of the tasks in one state (of one owner, if given); see ``set_state.lua``."""
+    return BY_STATE_PREFIX + (f"owner:{owner}:{state}" if owner else state)
 
 
 def in_flight(owner: str) -> str:

@@ -35,6 +35,7 @@ FIELDS = (
     "retried_by",
     "progress",
     "eta",
+    "state",
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]
@@ -84,7 +85,7 @@ def create(
     names += [keys.in_flight(owner), keys.INDEX, keys.type_index(task_name)]
     if owner:
         names += [keys.owner_index(owner), keys.owner_index(owner, task_name)]
-    args = [deadline_us, task_name, isotime(created), created_us, task_id]
+    args = [deadline_us, task_name, isotime(created), created_us, task_id, keys.BY_STATE_PREFIX]
     args += ["params", json.dumps(params, separators=(",", ":")), "owner", owner]
     for field, value in schedule_fields(created, options or {}).items():
         args += [field, value]
@@ -145,6 +146,7 @@ def submit(
         task_id,
         created_us,
         message,
+        keys.BY_STATE_PREFIX,
     ]
     args += ["task", task_name, "created_at", isotime(created), "created_us", created_us]
     args += ["retries", 0, "params", params_json, "owner", owner]
@@ -209,7 +211,8 @@ def begin(
     ``started`` is the STARTED result as Celery's backend encodes it.
     """
     names = [keys.record(task_id), keys.result(task_id), keys.STATE_COUNTS]
-    answer = scripts.BEGIN(client, names, deadline_us, isotime(), started, result_ttl)
+    args = [deadline_us, isotime(), started, result_ttl, task_id, keys.BY_STATE_PREFIX]
+    answer = scripts.BEGIN(client, names, *args)
     return answer.decode() if isinstance(answer, bytes) else str(answer)
 
 
@@ -259,8 +262,25 @@ def scan(
 
 
 def indexes(client: redis.Redis) -> list[str]:
-    """Every index: all tasks, per type and per owner."""
-    return [keys.INDEX, *(k.decode() for k in client.scan_iter(f"{keys.INDEX}:*"))]
+    """Every index: all tasks, per type, per owner and per state."""
+    found = [keys.INDEX, *(k.decode() for k in client.scan_iter(f"{keys.INDEX}:*"))]
+    return found + [k.decode() for k in client.scan_iter(f"{keys.BY_STATE_PREFIX}*")]
+
+
+def summaries(client: redis.Redis, task_ids: Sequence[str]) -> list[dict[str, str] | None]:
+    """Records (no params, no Celery result) for many ids, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(keys.record(task_id), FIELDS)
+    found: list[dict[str, str] | None] = []
+    for values in pipe.execute():
+        if values[0] is None:
+            found.append(None)
+        else:
+            found.append(
+                {k: v.decode() for k, v in zip(FIELDS, values, strict=True) if v is not None}
+            )
+    return found
 
 
 def prune(client: redis.Redis, cutoff: float, index_names: Iterable[str], batch: int = 500) -> int:

@@ -64,7 +64,7 @@ class ResultStore(RedisBackend):
         expires = self.failure_expires if state == states.FAILURE else self.expires
         final = "final" if state in states.READY_STATES else ""
         args = [value, int(expires or 0), state, isotime(), int(self.expires or 0), final, task_id]
-        args += [keys.IN_FLIGHT_PREFIX, bucket, seconds]
+        args += [keys.IN_FLIGHT_PREFIX, bucket, seconds, keys.BY_STATE_PREFIX]
         names = [keys.result(task_id), keys.record(task_id), keys.STATE_COUNTS, keys.RUNTIMES]
         self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
         return result

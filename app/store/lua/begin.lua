@@ -12,6 +12,8 @@
     ARGV[2]  started_at (ISO 8601), set if the task runs for the first time
     ARGV[3]  the STARTED result (Celery's JSON meta)
     ARGV[4]  seconds the result lives (0: for ever)
+    ARGV[5]  the task id
+    ARGV[6]  the by-state index prefix   errand:bystate:
 
   Output:
     'run'      the record exists and holds no cancel: STARTED is stored
@@ -20,6 +22,8 @@
     'wait'     no record yet, but the API's write may still be in flight
     'orphan'   no record, and none can come any more
 ]]
+--- @include "set_state"
+
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
   if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return 'orphan' end
@@ -31,6 +35,7 @@ if current and string.find(string.sub(current, 1, 100), '"status":%s*"SUCCESS"')
   return 'done'
 end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+set_state(KEYS[1], 'STARTED', ARGV[5], ARGV[6])
 if tonumber(ARGV[4]) > 0 then
   redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 else

@@ -18,16 +18,20 @@
     ARGV[3]    created_at (ISO 8601)
     ARGV[4]    created, µs since the epoch (the index score)
     ARGV[5]    task id
-    ARGV[6..]  more record fields, as name, value pairs
+    ARGV[6]    the by-state index prefix   errand:bystate:
+    ARGV[7..]  more record fields, as name, value pairs
 
   Output:
     1  written
     0  past the deadline: nothing written
 ]]
+--- @include "set_state"
+
 local t = redis.call('TIME')
 if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'task', ARGV[2], 'created_at', ARGV[3],
-           'created_us', ARGV[4], 'retries', 0, unpack(ARGV, 6))
+           'created_us', ARGV[4], 'retries', 0, unpack(ARGV, 7))
+set_state(KEYS[1], 'PENDING', ARGV[5], ARGV[6])
 for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[4], ARGV[5]) end
 if KEYS[2] ~= '' then redis.call('HSET', KEYS[2], 'retried_by', ARGV[5]) end
 redis.call('ZADD', KEYS[3], 'XX', 'inf', ARGV[5])

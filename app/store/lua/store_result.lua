@@ -24,11 +24,14 @@
     ARGV[8]  the in-flight key prefix  errand:inflight:
     ARGV[9]  the run-time bucket ('0.01', ..., '+Inf'), or '' when no run ended
     ARGV[10] the run time, seconds
+    ARGV[11] the by-state index prefix  errand:bystate:
 
   Output:
     1  stored
     0  a SUCCESS was stored already: nothing changed
 ]]
+--- @include "set_state"
+
 local current = redis.call('GET', KEYS[1])
 if current and string.find(string.sub(current, 1, 100), '"status":%s*"SUCCESS"') then
   return 0
@@ -42,6 +45,7 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 local task = redis.call('HGET', KEYS[2], 'task')
 if task then
+  set_state(KEYS[2], ARGV[3], ARGV[7], ARGV[11])
   -- A final state counts once: a cancelled countdown task is stored REVOKED at the
   -- cancel and again when a worker discards it at its ETA.
   local first_final = ARGV[6] == 'final'

@@ -26,7 +26,8 @@
     ARGV[8]    task id
     ARGV[9]    created, µs since the epoch (the index score)
     ARGV[10]   the Celery message (kombu's JSON envelope)
-    ARGV[11..] the record's fields, as name, value pairs
+    ARGV[11]   the by-state index prefix      errand:bystate:
+    ARGV[12..] the record's fields, as name, value pairs
 
   Output:
     {'ok', used, reset}           submitted; used: requests counted in the window,
@@ -38,6 +39,8 @@
     {'inflight', held}            every place in flight is taken
     {'late'}                      past the deadline
 ]]
+--- @include "set_state"
+
 local t = redis.call('TIME')
 if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return {'late'} end
 -- The same script sent again (a client retrying after a timeout): done already.
@@ -88,7 +91,8 @@ count()
 if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[5] .. '|' .. ARGV[8] .. '|0', 'EX', ARGV[6])
 end
-redis.call('HSET', KEYS[4], unpack(ARGV, 11))
+redis.call('HSET', KEYS[4], unpack(ARGV, 12))
+set_state(KEYS[4], 'PENDING', ARGV[8], ARGV[11])
 for i = 7, #KEYS do redis.call('ZADD', KEYS[i], ARGV[9], ARGV[8]) end
 if KEYS[5] ~= '' then redis.call('HSET', KEYS[5], 'retried_by', ARGV[8]) end
 if KEYS[2] ~= '' then redis.call('ZADD', KEYS[2], 'inf', ARGV[8]) end
