@@ -126,10 +126,11 @@ class SuccessCounter:
         self.thread.start()
 
     def run(self) -> None:
-        for message in self.pubsub.listen():
-            if message["type"] == "pmessage" and b'"status": "SUCCESS"' in message["data"]:
-                self.count += 1
-                self.last = time.monotonic()
+        with contextlib.suppress(Exception):  # ends when its Redis stops
+            for message in self.pubsub.listen():
+                if message["type"] == "pmessage" and b'"status": "SUCCESS"' in message["data"]:
+                    self.count += 1
+                    self.last = time.monotonic()
 
     def wait(self, n: int, timeout: float) -> float:
         wait_for(lambda: self.count >= n, timeout, 0.01)
