@@ -301,7 +301,7 @@ def drain(
         thread.join()
     queued = (n // threads) * threads
     errand_rate = _drain_with(
-        redis, errand_env(redis.url, TASK_MODULES="bench.tasks"),
+        redis, _worker_env(redis),
         ["-A", "worker:celery_app"], queued, work / "drain-errand.log", stack,
     )  # fmt: skip
     bare_env = errand_env(bare_redis.url)
@@ -320,6 +320,11 @@ def drain(
         "bare_celery_jobs_per_s": round(bare_rate, 1),
         "errand_vs_bare_celery": round(errand_rate / bare_rate, 3),
     }
+
+
+def _worker_env(redis: RedisServer) -> dict[str, str]:
+    """Errand's worker as the bare one runs: the bench's task type, warnings only."""
+    return errand_env(redis.url, TASK_MODULES="bench.tasks", LOG_LEVEL="WARNING")
 
 
 def _drain_with(
@@ -347,7 +352,7 @@ def round_trips(
     errand_worker = Process(
         [str(BIN / "celery"), "-A", "worker:celery_app", "worker", "-P", "prefork", "-c", "2",
          "-l", "WARNING", "--without-gossip", "--without-mingle", "-n", "rt@%h"],
-        work / "rt-errand.log", errand_env(redis.url, TASK_MODULES="bench.tasks"),
+        work / "rt-errand.log", _worker_env(redis),
     )  # fmt: skip
     errand_worker.start()
     stack.callback(errand_worker.stop)

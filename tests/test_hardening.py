@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -231,3 +232,32 @@ def test_listings_read_an_index_and_carry_summaries(stack: Any, tmp_path: Path) 
     assert len(everything) == 31 and all("result" not in t for t in everything)
     assert {t["state"] for t in everything} == {"SUCCESS", "FAILURE"}
     assert everything[-1]["progress"] is None and everything[0]["finished_at"]
+
+
+def test_a_large_bulk_is_checked_off_the_loop_and_others_answer(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    with Api(errand_env(server.url, MAIL_CHECK_RECIPIENTS="5"), tmp_path / "g.log", 1) as api:
+        url = api.call("POST", "/api/v1/tasks", JOB)[1]["Location"]
+        recipients = [{"to": f"u{i}@example.com", "context": {"name": "n"}} for i in range(6000)]
+        recipients[5000]["context"]["name"] = "x\x0bBcc: victim@example.com"  # past the sample
+        bulk = {"subject": "Hi {{ name }}", "body": "{{ name }}" * 1990, "recipients": recipients}
+        answers: list[int] = []
+        threads = [
+            threading.Thread(
+                target=lambda: answers.append(
+                    api.call("POST", "/api/v1/tasks", {"task": "email.bulk", "params": bulk})[0]
+                )
+            )
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        slowest = 0.0
+        while any(thread.is_alive() for thread in threads):
+            began = time.monotonic()
+            assert api.call("GET", url)[0] == 200  # the same gunicorn worker answers meanwhile
+            slowest = max(slowest, time.monotonic() - began)
+        for thread in threads:
+            thread.join()
+    assert answers == [202, 202, 202]  # the worker fails recipient 5000 alone, when it sends
+    assert slowest < 1.0

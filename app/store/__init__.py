@@ -12,10 +12,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A Redis client that gives up within ``timeout`` and retries a broken connection once."""
-    return redis.Redis.from_url(
+def connect(url: str, timeout: float, max_connections: int = 100) -> redis.Redis:
+    """A Redis client that gives up within ``timeout`` and retries a broken connection once.
+
+    It holds at most ``max_connections`` connections; past that a request waits for
+    one (under gevent, hundreds of requests of one process may want one at once),
+    up to ``timeout``, rather than opening more.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         # One quick retry mends a connection that Redis closed while it sat in
@@ -23,6 +30,7 @@ def connect(url: str, timeout: float) -> redis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def client() -> redis.Redis:

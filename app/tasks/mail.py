@@ -16,6 +16,7 @@ import json
 import random
 import re
 import smtplib
+from collections import Counter
 from typing import Annotated, Any
 
 from celery import current_task
@@ -109,14 +110,19 @@ class BulkEmail(Params):
 
 
 def check_bulk(params: BulkEmail) -> list[dict[str, Any]]:
-    """Every template must render for every recipient, within the job's render budget.
+    """The templates render, and the job's mail stays within its render budget.
 
-    Run at submit, before anything is queued; each error names the template's
-    field (``loc``) and the first recipient it fails for.
+    Run at submit, before anything is queued. The templates are rendered for
+    the first ``MAIL_CHECK_RECIPIENTS`` recipients (each error names the
+    template's field and the recipient); for every recipient the size of what
+    they would get is estimated from the templates' text and the context values
+    they print, without rendering, so the check costs about as much as the
+    request is long. A recipient past the sample whose mail cannot be made fails
+    alone, in the worker (``failed`` in the result).
     """
     templates = Templates(params.subject, params.body, params.html)
-    budget, spent = _setting("MAIL_RENDER_BUDGET", 20_000_000), 0
-    for number, recipient in enumerate(params.recipients):
+    sample = _setting("MAIL_CHECK_RECIPIENTS", 100)
+    for number, recipient in enumerate(params.recipients[:sample]):
         for field, template in templates.parts():
             try:
                 rendered = _render(template, recipient.context)
@@ -125,10 +131,10 @@ def check_bulk(params: BulkEmail) -> list[dict[str, Any]]:
             except Exception as exc:  # any failure of a client's template is the client's 422
                 message = f"recipient {number} ({recipient.to}): does not render: {exc}"
                 return [{"loc": ["params", field], "msg": message}]
-            spent += len(rendered)
-            if spent > budget:
-                message = f"the messages would hold more than {budget:,} characters in all"
-                return [{"loc": ["params", "recipients"], "msg": message}]
+    budget = _setting("MAIL_RENDER_BUDGET", 20_000_000)
+    if sum(templates.estimate(r.context) for r in params.recipients) > budget:
+        message = f"the messages would hold more than {budget:,} characters in all"
+        return [{"loc": ["params", "recipients"], "msg": message}]
     return []
 
 
@@ -198,6 +204,23 @@ def _compile(env: ImmutableSandboxedEnvironment, source: str) -> Template:
         raise TemplateError(f"too deeply nested ({type(exc).__name__})") from None
 
 
+class Shape:
+    """What a template prints besides its context: its text, and which names, how often."""
+
+    def __init__(self, env: ImmutableSandboxedEnvironment, source: str) -> None:
+        tree = env.parse(source)
+        self.text = sum(len(node.data) for node in tree.find_all(nodes.TemplateData))
+        self.text += sum(
+            len(str(node.value)) for node in tree.find_all(nodes.Const) if node.value is not None
+        )
+        self.names = Counter(node.name for node in tree.find_all(nodes.Name))
+
+    def estimate(self, context: dict[str, Any]) -> int:
+        """About how many characters it renders to (both branches of an ``if`` counted)."""
+        printed = sum(n * len(str(context.get(name, ""))) for name, n in self.names.items())
+        return self.text + printed
+
+
 class Templates:
     """The subject, text and HTML templates of a bulk job, checked and compiled once."""
 
@@ -205,6 +228,12 @@ class Templates:
         self.subject = _compile(_text, subject)
         self.body = _compile(_text, body)
         self.html = _compile(_html, html) if html is not None else None
+        sources = [(_text, subject), (_text, body)] + ([(_html, html)] if html else [])
+        self.shapes = [Shape(env, source) for env, source in sources]
+
+    def estimate(self, context: dict[str, Any]) -> int:
+        """About how many characters one recipient's mail renders to."""
+        return sum(shape.estimate(context) for shape in self.shapes)
 
     def parts(self) -> list[tuple[str, Template]]:
         """Each template with the name of its field."""
@@ -361,6 +390,7 @@ def send_bulk(params: BulkEmail) -> dict[str, object]:
     total = len(params.recipients)
     batches = -(-total // size)
     index, sent = progress.load()
+    budget, rendered = current_app.config["MAIL_RENDER_BUDGET"], 0
     while index < total:
         batch_number = index // size + 1
         end = min(batch_number * size, total)
@@ -370,7 +400,10 @@ def send_bulk(params: BulkEmail) -> dict[str, object]:
                 while index < end:
                     recipient = params.recipients[index]
                     try:
+                        if rendered > budget:  # the estimate at submit was beaten: stop here
+                            raise ValueError(f"the job's render budget ({budget:,}) is spent")
                         subject, body, html = templates.render(recipient.context)
+                        rendered += len(subject) + len(body) + len(html or "")
                     except (ValueError, TemplateError) as exc:  # no mail for this recipient
                         failed.append({"to": recipient.to, "error": f"not sent: {exc}"})
                         index += 1
