@@ -36,6 +36,10 @@ from bench.speed import gunicorn_pids, rss_mb
 from tests.support import Api, RedisServer, errand_env
 
 
+def step(what: str) -> None:
+    print(f"abuse: {what}", file=sys.stderr, flush=True)
+
+
 def reads(port: int, key: str, url: str, seconds: float) -> dict[str, Any]:
     """Status reads from one client, one after another, for ``seconds``."""
     times, failed = [], 0
@@ -93,8 +97,11 @@ def bulk(port: int, key: str, limit: int) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     body = json.dumps({"task": "email.bulk", "params": params})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    connection.request("POST", "/api/v1/tasks", body, headers)
-    status = connection.getresponse().status
+    try:
+        connection.request("POST", "/api/v1/tasks", body, headers)
+        status = connection.getresponse().status
+    except OSError:
+        status = 0  # no answer in 120 s, or the connection dropped
     connection.close()
     return status
 
@@ -120,14 +127,16 @@ def main() -> None:
         api = stack.enter_context(
             Api(env, work / "api.log", workers=multiprocessing.cpu_count() * 2)
         )
-        connection = http.client.HTTPConnection("127.0.0.1", api.port)
+        connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
         connection.request("POST", "/api/v1/tasks", json.dumps(
             {"task": "demo.progress", "params": {"steps": 1, "delay": 0},
              "options": {"countdown": 3600}}),
             {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
         url = json.loads(connection.getresponse().read())["links"]["self"]
+        step("quiet")
         report["quiet"] = reads(api.port, key, url, 5)
 
+        step(f"{args.slow} slow clients")
         done, dropped = slow_clients(api.port, args.slow, args.seconds)
         time.sleep(2)
         report["slow_clients"] = reads(api.port, key, url, args.seconds)
@@ -150,6 +159,7 @@ def main() -> None:
                 for thread in clients:
                     thread.join()
 
+        step("bulk templates")
         loader = threading.Thread(target=submitters)
         loader.start()
         report["bulk_templates"] = reads(api.port, key, url, 5)
@@ -161,15 +171,17 @@ def main() -> None:
         )
 
         def metrics_size() -> int:
-            c = http.client.HTTPConnection("127.0.0.1", api.port)
+            c = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
             c.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})
             return len(c.getresponse().read())
 
+        step("odd methods")
         before = metrics_size()
         for n in range(2000):
-            c = http.client.HTTPConnection("127.0.0.1", api.port)
-            c.request(f"M{n}", "/api/v1/tasks", headers={"Authorization": f"Bearer {key}"})
-            c.getresponse().read()
+            c = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+            with contextlib.suppress(OSError):
+                c.request(f"M{n}", "/api/v1/tasks", headers={"Authorization": f"Bearer {key}"})
+                c.getresponse().read()
             c.close()
         report["odd_methods"] = {
             "metrics_bytes_before": before,

@@ -116,6 +116,10 @@ def _links(task_id: str, record: dict[str, str]) -> dict[str, str]:
     for name in ("retry_of", "retried_by"):
         if record.get(name):
             links[name] = f"/api/v1/tasks/{record[name]}"
+    # A run of a schedule, a step of a workflow: the record names its parent.
+    for name, path in (("schedule", "schedules"), ("workflow", "workflows")):
+        if record.get(name):
+            links[name] = f"/api/v1/{path}/{record[name]}"
     return links
 
 

@@ -100,6 +100,7 @@ class Jobs:
         request_id: str = "",
         retry_of: str | None = None,
         quota: Quota | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, Any], Usage | None]:
         """Hand a job to the broker and record it; the task resource and what the quota left.
 
@@ -114,7 +115,9 @@ class Jobs:
         that runs, even when a hung Redis applies its commands late.
 
         An ``idempotency_key`` already used for the same request returns the
-        task it made; used for another request, it is a 422.
+        task it made; used for another request, it is a 422. ``fields`` are
+        more record fields (a schedule's or a workflow's id, a callback), kept
+        with the record from its first write.
         """
         task_id = str(uuid.uuid4())
         created = time.time()
@@ -127,7 +130,7 @@ class Jobs:
         if self.one_script:
             return self._submit_in_one_script(
                 principal, task_type, params, options, claim, request_id, retry_of, quota,
-                task_id, created, int((created + self.script_deadline_s) * 1_000_000),
+                task_id, created, int((created + self.script_deadline_s) * 1_000_000), fields,
             )  # fmt: skip
         usage = None
         if quota is not None:
@@ -154,7 +157,7 @@ class Jobs:
             try:
                 written = records.create(
                     self.client, task_id, task_type.name, created, deadline_us, params, owner,
-                    retry_of, options,
+                    retry_of, options, fields,
                 )  # fmt: skip
             except redis.RedisError as exc:
                 log.warning("submit %s: task store unreachable: %r", task_id, exc)
@@ -170,7 +173,7 @@ class Jobs:
                 if owner:
                     records.unreserve(self.client, owner, task_id)
             raise error
-        return self._accepted(task_id, task_type, created, retry_of, options), usage
+        return self._accepted(task_id, task_type, created, retry_of, options, fields), usage
 
     def _submit_in_one_script(
         self,
@@ -185,6 +188,7 @@ class Jobs:
         task_id: str,
         created: float,
         deadline_us: int,
+        fields: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, Any], Usage | None]:
         params_json = orjson.dumps(params)
         priority = options.get("priority")
@@ -215,12 +219,14 @@ class Jobs:
                 idempotency=claim,
                 idempotency_ttl=self.idempotency_ttl,
                 retry_of=retry_of,
+                fields=fields,
             )
         except redis.RedisError as exc:
             log.warning("submit %s: task store unreachable: %r", task_id, exc)
             raise StoreUnavailable("the task store did not answer in time") from exc
         if done.verdict == "ok":
-            return self._accepted(task_id, task_type, created, retry_of, options), done.usage
+            accepted = self._accepted(task_id, task_type, created, retry_of, options, fields)
+            return accepted, done.usage
         if done.verdict in {"existing", "retried"}:
             return self.status(principal, done.existing_id), done.usage
         if done.verdict == "conflict":
@@ -239,9 +245,11 @@ class Jobs:
         created: float,
         retry_of: str | None,
         options: dict[str, Any],
+        fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         record = {"task": task_type.name, "created_at": isotime(created), "retries": "0"}
         record.update(records.schedule_fields(created, options))
+        record.update(fields or {})
         if retry_of:
             record["retry_of"] = retry_of
         return resource(task_id, record, None)

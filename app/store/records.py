@@ -11,7 +11,7 @@ Key names are in ``app.store.keys``; the scripts are in ``lua/``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,7 @@ def create(
     owner: str = "",
     retry_of: str | None = None,
     options: dict[str, Any] | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> bool:
     """Write a new record and index it; False when Redis got it after the deadline.
 
@@ -91,6 +92,8 @@ def create(
         args += [field, value]
     if retry_of:
         args += ["retry_of", retry_of]
+    for field, value in (fields or {}).items():
+        args += [field, value]
     return bool(scripts.CREATE(client, names, *args))
 
 
@@ -120,6 +123,7 @@ def submit(
     idempotency: tuple[str, str] | None = None,
     idempotency_ttl: int = 0,
     retry_of: str | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> Submitted:
     """Count, claim, record and enqueue a task in one script (``submit.lua``); all or nothing."""
     created_us = int(created * 1_000_000)
@@ -154,6 +158,8 @@ def submit(
         args += [field, value]
     if retry_of:
         args += ["retry_of", retry_of]
+    for field, value in (fields or {}).items():
+        args += [field, value]
     answer = scripts.SUBMIT(client, names, *args)
     verdict = answer[0].decode()
     usage = None
