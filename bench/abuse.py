@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import signal
 import socket
 import statistics
 import sys
@@ -88,14 +89,20 @@ def slow_clients(port: int, n: int, seconds: float) -> tuple[threading.Event, li
     return done, dropped
 
 
-def bulk(port: int, key: str, limit: int) -> int:
-    body_template = "{{ name }}" * 1990
-    recipients = []
-    params = {"subject": "Hi {{ name }}", "body": body_template, "recipients": recipients}
-    while len(json.dumps(params)) < limit - 200 and len(recipients) < 10_000:
-        recipients.append({"to": f"u{len(recipients)}@example.com", "context": {"name": "n"}})
+def bulk_body(limit: int) -> str:
+    """The largest ``email.bulk`` the limits allow: the most template parts, ~``limit`` bytes."""
+    recipient = {"to": "u0@example.com", "context": {"name": "n"}}
+    params = {"subject": "Hi {{ name }}", "body": "{{ name }}" * 1990, "recipients": []}
+    room = limit - 200 - len(json.dumps({"task": "email.bulk", "params": params}))
+    count = min(10_000, room // (len(json.dumps(recipient)) + 4))
+    params["recipients"] = [
+        {"to": f"u{n}@example.com", "context": {"name": "n"}} for n in range(count)
+    ]
+    return json.dumps({"task": "email.bulk", "params": params})
+
+
+def bulk(port: int, key: str, body: str) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    body = json.dumps({"task": "email.bulk", "params": params})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     try:
         connection.request("POST", "/api/v1/tasks", body, headers)
@@ -111,6 +118,8 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
+    # A SIGTERM (timeout, Ctrl-C in a pipe) unwinds the ExitStack: nothing is left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     work = Path(tempfile.mkdtemp(prefix="errand-abuse-"))
     report: dict[str, Any] = {"settings": vars(args)}
     with contextlib.ExitStack() as stack:
@@ -146,12 +155,13 @@ def main() -> None:
 
         rss_before = sum(rss_mb(pid) for pid in gunicorn_pids(api))
         statuses: list[int] = []
-        limit = 1024 * 1024
+        body = bulk_body(1024 * 1024)
+        report["bulk_templates_body_bytes"] = len(body)
 
         def submitters() -> None:
             for _ in range(2):
                 clients = [
-                    threading.Thread(target=lambda: statuses.append(bulk(api.port, key, limit)))
+                    threading.Thread(target=lambda: statuses.append(bulk(api.port, key, body)))
                     for _ in range(5)
                 ]
                 for thread in clients:
