@@ -25,6 +25,7 @@ from app.tasks.maintenance import prune_index
 from app.worker import signals
 from app.worker.lease import Lease
 from app.worker.results import run_started
+from app.worker.webhooks import deliver_webhook  # noqa: F401 - Errand's own task, registered
 
 log = logging.getLogger(__name__)
 
