@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from app.store import webhooks as delivery_store
 from app.webhooks import signature, url_problem
 from app.worker.webhooks import NAME, backoff, verdict
 from devtools.devstack import free_port
-from tests.support import RedisServer, Worker, errand_env, make_app, settle, wait_for
+from tests.support import ROOT, RedisServer, Worker, errand_env, make_app, settle, wait_for
 
 SECRET = "webhook-test-secret-" + "s" * 16
 TASKS = "/api/v1/tasks"
@@ -76,6 +77,45 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Dripper:
+    """A receiver on loopback that answers a header line every 0.2 s, without end."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.accepted = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self.drip, args=(conn,), daemon=True).start()
+
+    def drip(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for n in range(100):  # bounded: 20 s at most
+                if self.stop.wait(0.2):
+                    return
+                conn.sendall(f"X-Drip-{n}: 1\r\n".encode())
+
+    def __enter__(self) -> Dripper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
 
 
 def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> bool:
@@ -276,6 +316,31 @@ def test_signature_is_hmac_sha256_of_timestamp_and_body() -> None:
     assert url_problem("http://localhost:8000/", allow_private=False) is None  # a name
 
 
+def test_the_document_describes_webhooks(strict: FlaskClient) -> None:
+    doc = strict.get("/api/v1/openapi.json").json
+    found = doc["components"]["schemas"]
+    assert "callback_url" in found["Submission"]["properties"]
+    assert "callback_url" in found["Submission.test.echo"]["properties"]
+    assert "callback" in found["TaskResource"]["required"]
+    callbacks = doc["paths"][TASKS]["post"]["callbacks"]
+    hook = callbacks["taskFinished"]["{$request.body#/callback_url}"]["post"]
+    names = {p["name"] for p in hook["parameters"]}
+    assert names == {"Errand-Signature", "Errand-Task-Id", "Errand-Delivery-Id", "Errand-Attempt"}
+
+
+def test_the_readme_snippet_verifies_a_signature() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Webhooks") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n\n")]
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # the README's own snippet, as written
+    body, now = b'{"id": "x"}', int(time.time())
+    assert scope["verify"](SECRET, signature(SECRET, now, body), body)
+    assert not scope["verify"](SECRET, signature(SECRET, now, body), body + b" ")
+    assert not scope["verify"](SECRET, signature(SECRET, now - 3600, body), body)
+    assert not scope["verify"](SECRET, "garbage", body)
+
+
 # -- delivery: a real worker, a real receiver ---------------------------------------------------
 
 
@@ -434,6 +499,20 @@ def test_a_slow_receiver_times_out(hooked: dict[str, Any]) -> None:
     assert callback["last_error"] == "no answer within 1 s" and callback["last_status"] is None
     assert len(receiver.requests) == 3
     assert took < 3 * 1.0 + 0.2 + 0.4 + 4  # three 1 s timeouts, two backoffs, the task itself
+
+
+@pytest.mark.slow
+def test_a_receiver_that_drips_its_answer_is_cut_off(hooked: dict[str, Any]) -> None:
+    client = hooked["client"]
+    with Dripper() as dripper:
+        task = submit_hooked(client, f"http://127.0.0.1:{dripper.port}/")
+        started = time.monotonic()
+        task = final_callback(client, task["links"]["self"], timeout=30)
+        took = time.monotonic() - started
+        assert dripper.accepted == 3
+    assert task["callback"]["state"] == "failed"
+    assert task["callback"]["last_error"] == "no answer within 1 s"
+    assert took < 3 * 1.0 + 0.2 + 0.4 + 4  # as a silent receiver: the whole exchange is bounded
 
 
 @pytest.mark.slow

@@ -140,6 +140,8 @@ def post(
         )  # fmt: skip
         response = connection.getresponse()
         response.read(RESPONSE_LIMIT)
+        if expired.is_set():  # cut off mid-answer: what was read may end anywhere
+            raise TimeoutError
         return int(response.status)
     except (OSError, Urllib3Error) as exc:
         if expired.is_set() or isinstance(exc, TimeoutError | socket.timeout):
