@@ -443,6 +443,19 @@ def test_failure_is_delivered_and_a_resubmit_keeps_the_callback(hooked: dict[str
 
 
 @pytest.mark.slow
+def test_a_retry_is_not_final_only_its_end_is_delivered(hooked: dict[str, Any]) -> None:
+    client = hooked["client"]
+    with Receiver() as receiver:
+        flaky = {"task": "test.flaky", "params": {"failures": 1}}
+        task = final_callback(client, submit_hooked(client, receiver.url(), flaky)["links"]["self"])
+        settle(0.5)
+        assert len(receiver.requests) == 1
+    sent = json.loads(receiver.requests[0]["body"])
+    assert sent["state"] == "SUCCESS" and sent["retries"] == 1
+    assert task["callback"]["state"] == "delivered"
+
+
+@pytest.mark.slow
 def test_a_cancel_of_a_queued_task_is_delivered(hooked: dict[str, Any]) -> None:
     client = hooked["client"]
     with Receiver() as receiver:
