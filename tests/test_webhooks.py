@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -40,9 +42,15 @@ class Receiver:
     It answers with ``statuses`` in turn (then 200), each after ``delay`` seconds.
     """
 
-    def __init__(self, statuses: tuple[int, ...] = (), delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        statuses: tuple[int, ...] = (),
+        delay: float = 0.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.statuses, self.delay = list(statuses), delay
         self.requests: list[dict[str, Any]] = []
+        self.server_names: list[str | None] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +72,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            tls.sni_callback = lambda sock, name, context: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -545,3 +556,41 @@ def test_a_name_that_resolves_to_loopback_is_refused_at_delivery(
     assert callback["state"] == "failed" and callback["attempts"] == 1
     assert callback["last_status"] is None
     assert callback["last_error"].startswith("localhost resolves to a loopback, private")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_https_connects_to_the_checked_address_and_checks_the_name(
+    stack: Any, tmp_path: Path
+) -> None:
+    """A receiver whose certificate (from a CA of the test's own) names localhost only."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "1", "-subj", "/CN=webhook-test-ca", cwd=tmp_path)  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=localhost", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf",
+            cwd=tmp_path)  # fmt: skip
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    server = stack("redis")
+    env = hook_env(server.url, SSL_CERT_FILE=str(tmp_path / "ca.crt"))  # the worker trusts it
+    stack("worker", env, tmp_path / "worker.log", "tls")
+    client = make_app(server.url, **env).test_client()
+    with Receiver(tls=tls) as receiver:
+        named = submit_hooked(client, f"https://localhost:{receiver.port}/hook")
+        named = final_callback(client, named["links"]["self"])
+        assert named["callback"]["state"] == "delivered", named["callback"]
+        assert receiver.server_names == ["localhost"]  # SNI carried the name
+        assert receiver.requests[0]["headers"]["Host"] == f"localhost:{receiver.port}"
+        # The same receiver by its address: the certificate does not name it.
+        by_address = submit_hooked(client, f"https://127.0.0.1:{receiver.port}/hook")
+        by_address = final_callback(client, by_address["links"]["self"])
+        assert len(receiver.requests) == 1
+    callback = by_address["callback"]
+    assert callback["state"] == "failed" and callback["attempts"] == 3
+    assert "certificate" in callback["last_error"].lower()

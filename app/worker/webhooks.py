@@ -34,7 +34,6 @@ from celery import Celery, Task, shared_task
 from celery.exceptions import Retry
 from flask import current_app
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from app import store
 from app.clock import isotime
@@ -143,7 +142,7 @@ def post(
         if expired.is_set():  # cut off mid-answer: what was read may end anywhere
             raise TimeoutError
         return int(response.status)
-    except (OSError, Urllib3Error) as exc:
+    except Exception as exc:  # sockets, TLS, urllib3 and http.client raise many kinds
         if expired.is_set() or isinstance(exc, TimeoutError | socket.timeout):
             raise DeliveryError(f"no answer within {timeout:g} s", retry=True) from exc
         raise DeliveryError(f"could not deliver: {type(exc).__name__}: {exc}"[:300], True) from exc
@@ -170,24 +169,15 @@ def backoff(attempt: int, first: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-@shared_task(name=NAME, bind=True, ignore_result=True, max_retries=None)
-def deliver_webhook(self: Task, task_id: str, made: int = 0) -> None:
-    """One attempt to deliver a task's webhook; the next one is queued when it may help.
+def attempt_once(task_id: str, attempt: int) -> tuple[str, int | None, str | None, str]:
+    """Send the task's resource as it is now: (outcome, status, error, the URL for logs).
 
-    ``made`` is how many attempts were made before this one; the retry policy is
-    Errand's settings (``WEBHOOK_*``), counted in the task's record.
+    ``outcome`` is 'delivered', 'retry' or 'failed'; 'gone' when the record expired.
     """
     config = current_app.config
-    client = store.client()
-    timeout = float(config["WEBHOOK_TIMEOUT"])
-    lock_ms = int((timeout + 30) * 1000)  # longer than an attempt takes, DNS included
-    attempt = delivery_store.start_attempt(client, task_id, made, lock_ms)
-    if not attempt:
-        log.info("task %s: webhook attempt %d not needed (done, or a duplicate)", task_id, made + 1)
-        return
-    found, _ = records.status(client, task_id, "")
-    if found is None:  # the record expired meanwhile: nothing to send, nowhere to keep it
-        return
+    found, _ = records.status(store.client(), task_id, "")
+    if found is None:
+        return "gone", None, None, ""
     task = resource(task_id, *found)  # what GET /api/v1/tasks/<id> answers now
     url = task["callback"]["url"]
     body = orjson.dumps(task)
@@ -199,39 +189,62 @@ def deliver_webhook(self: Task, task_id: str, made: int = 0) -> None:
         "Errand-Delivery-Id": str(uuid.uuid4()),
         "Errand-Attempt": str(attempt),
     }
-    status: int | None = None
     try:
         status = post(
-            url, body, headers, timeout,
+            url, body, headers, float(config["WEBHOOK_TIMEOUT"]),
             config["WEBHOOK_ALLOW_PRIVATE"], config["WEBHOOK_ALLOWED_HOSTS"],
         )  # fmt: skip
-        outcome, error = verdict(status)
     except DeliveryError as exc:
-        outcome, error = ("retry" if exc.retry else "failed"), str(exc)
-    shown = for_logs(url)
-    if outcome == "delivered":
-        delivery_store.finish(client, task_id, "delivered", status, None, isotime())
-        log.info(
-            "task %s: webhook delivered to %s (%s, attempt %d)",
-            task_id,
-            shown,
-            status,
-            attempt,
-        )
+        return ("retry" if exc.retry else "failed"), None, str(exc), for_logs(url)
+    outcome, error = verdict(status)
+    return outcome, status, error, for_logs(url)
+
+
+@shared_task(name=NAME, bind=True, ignore_result=True, max_retries=None)
+def deliver_webhook(self: Task, task_id: str, made: int = 0) -> None:
+    """One attempt to deliver a task's webhook; the next one is queued when it may help.
+
+    ``made`` is how many attempts were made before this one; the retry policy is
+    Errand's settings (``WEBHOOK_*``), counted in the task's record.
+    """
+    config = current_app.config
+    client = store.client()
+    lock_s = float(config["WEBHOOK_TIMEOUT"]) + 30  # longer than an attempt, DNS included
+    attempt = delivery_store.start_attempt(client, task_id, made, int(lock_s * 1000))
+    if not attempt:
+        log.info("task %s: webhook attempt %d not needed (done, or a duplicate)", task_id, made + 1)
         return
-    if outcome == "retry" and attempt < config["WEBHOOK_MAX_ATTEMPTS"]:
-        delay = backoff(attempt, config["WEBHOOK_BACKOFF"], config["WEBHOOK_BACKOFF_MAX"])
-        delivery_store.finish(client, task_id, "pending", status, error)
-        log.warning(
-            "task %s: webhook to %s failed (%s, attempt %d); again in %.1f s",
-            task_id, shown, error, attempt, delay,
-        )  # fmt: skip
-        try:
-            raise self.retry(args=(task_id, attempt), countdown=delay)
-        except Retry:
-            raise
-        except Exception as exc:  # the broker refused the retry: no later attempt will come
-            error = f"{error}; could not queue the next attempt"
-            log.error("task %s: could not queue webhook attempt %d: %r", task_id, attempt + 1, exc)
-    delivery_store.finish(client, task_id, "failed", status, error)
-    log.warning("task %s: webhook to %s failed (%s, attempt %d)", task_id, shown, error, attempt)
+    try:
+        outcome, status, error, shown = attempt_once(task_id, attempt)
+    except Exception as exc:  # Redis, or a bug: count it as an attempt that may go better
+        log.exception("task %s: webhook attempt %d broke", task_id, attempt)
+        outcome, status, error, shown = "retry", None, f"internal error: {type(exc).__name__}", ""
+    if outcome == "gone":
+        return
+    final = outcome != "retry" or attempt >= config["WEBHOOK_MAX_ATTEMPTS"]
+    state = "delivered" if outcome == "delivered" else "failed" if final else "pending"
+    delay = backoff(attempt, config["WEBHOOK_BACKOFF"], config["WEBHOOK_BACKOFF_MAX"])
+    try:
+        delivery_store.finish(
+            client, task_id, state, status, error, isotime() if state == "delivered" else None
+        )
+    except redis.RedisError as exc:  # the attempt holds its lock until it expires: come back then
+        log.warning("task %s: could not keep webhook attempt %d: %r", task_id, attempt, exc)
+        raise self.retry(args=(task_id, made), countdown=lock_s + 1) from exc
+    log.log(
+        logging.INFO if state == "delivered" else logging.WARNING,
+        "task %s: webhook to %s %s (%s, attempt %d)%s",
+        task_id, shown, state, error or status, attempt,
+        "" if final else f"; again in {delay:.1f} s",
+    )  # fmt: skip
+    if final:
+        return
+    try:
+        raise self.retry(args=(task_id, attempt), countdown=delay)
+    except Retry:
+        raise
+    except Exception as exc:  # the broker refused the retry: no later attempt will come
+        log.error("task %s: could not queue webhook attempt %d: %r", task_id, attempt + 1, exc)
+        delivery_store.finish(
+            client, task_id, "failed", status, f"{error}; could not queue the next attempt"
+        )
