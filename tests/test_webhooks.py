@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from app import schemas
 from app.store import webhooks as delivery_store
 from app.webhooks import signature, url_problem
-from app.worker.webhooks import NAME, backoff, verdict
+from app.worker.webhooks import NAME, backoff, queue_if_waiting, verdict
 from devtools.devstack import free_port
 from tests.support import ROOT, RedisServer, Worker, errand_env, make_app, settle, wait_for
 
@@ -285,6 +285,21 @@ def test_a_final_state_stored_twice_queues_one_delivery(
     backend.mark_as_revoked(task["id"], "cancelled")
     new = [args for args in queued_deliveries(quiet_redis) if args not in before]
     assert new == [[task["id"], 0]]
+
+
+def test_a_redelivered_final_task_queues_its_webhook_again_until_it_started(
+    strict: FlaskClient, quiet_redis: RedisServer
+) -> None:
+    # A worker that died between storing the final state and queueing the webhook.
+    task = strict.post(TASKS, json={**ECHO, "callback_url": "https://e.example.com/"}).json
+    app = strict.application
+    with app.app_context():
+        before = queued_deliveries(quiet_redis)
+        queue_if_waiting(app.extensions["celery"], task["id"])
+        assert [a for a in queued_deliveries(quiet_redis) if a not in before] == [[task["id"], 0]]
+        delivery_store.start_attempt(quiet_redis.client(), task["id"], 0, 10_000)
+        queue_if_waiting(app.extensions["celery"], task["id"])
+        assert len(queued_deliveries(quiet_redis)) == len(before) + 1
 
 
 def test_one_attempt_at_a_time_and_never_twice(

@@ -38,7 +38,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from app import store
 from app.clock import isotime
 from app.jobs.resource import resource
-from app.store import records
+from app.store import keys, records
 from app.store import webhooks as delivery_store
 from app.webhooks import PRIVATE, for_logs, forbidden, signature, url_problem
 from app.worker import messages
@@ -71,6 +71,24 @@ def queue_delivery(celery_app: Celery, task_id: str) -> None:
             delivery_store.finish(
                 store.client(), task_id, "failed", None, "could not queue the delivery"
             )
+
+
+def queue_if_waiting(celery_app: Celery, task_id: str) -> None:
+    """Queue a final task's webhook again if no attempt has started.
+
+    For a redelivered message of a task that is final already: the worker that
+    stored its final state may have died before it queued the webhook. A second
+    delivery message is harmless (``webhook_attempt.lua`` lets one through).
+    """
+    try:
+        state, attempts = store.client().hmget(
+            keys.record(task_id), ["callback_state", "callback_attempts"]
+        )
+    except redis.RedisError as exc:  # the task's own outcome must not suffer for it
+        log.warning("task %s: could not check its webhook: %r", task_id, exc)
+        return
+    if state == b"pending" and attempts in (None, b"0"):
+        queue_delivery(celery_app, task_id)
 
 
 def resolve(host: str, port: int, allow_private: bool) -> str:
