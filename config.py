@@ -6,6 +6,8 @@ place that reads the environment; the application factory calls it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import unicodedata
@@ -100,6 +102,15 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     origins = [o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()]
     if production and "*" in origins:
         raise ConfigError("CORS_ORIGINS must name origins, not *, when ERRAND_ENV=production")
+
+    webhook_secret = env.get("WEBHOOK_SECRET", "")
+    if production and len(webhook_secret) < 32:
+        raise ConfigError(
+            "WEBHOOK_SECRET must be set, at least 32 characters, when ERRAND_ENV=production"
+        )
+    if not webhook_secret:  # development: one of its own, made from SECRET_KEY
+        key = (secret_key or "dev-only-not-secret").encode()
+        webhook_secret = hmac.new(key, b"errand-webhooks", hashlib.sha256).hexdigest()
 
     redis_url = env.get("REDIS_URL", "redis://localhost:6379/0")
     broker_url = env.get("CELERY_BROKER_URL") or redis_url
@@ -211,5 +222,14 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAIL_CHECK_RECIPIENTS": _int(env, "MAIL_CHECK_RECIPIENTS", 100, low=1),
         "MAIL_RENDER_BUDGET": _int(env, "MAIL_RENDER_BUDGET", 20_000_000, low=1),
         "MAIL_TIMEOUT": _float(env, "MAIL_TIMEOUT", 30.0),
+        "WEBHOOK_SECRET": webhook_secret,
+        "WEBHOOK_ALLOW_PRIVATE": _bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
+        "WEBHOOK_ALLOWED_HOSTS": frozenset(
+            h.strip().lower() for h in env.get("WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()
+        ),
+        "WEBHOOK_TIMEOUT": _float(env, "WEBHOOK_TIMEOUT", 5.0),
+        "WEBHOOK_MAX_ATTEMPTS": _int(env, "WEBHOOK_MAX_ATTEMPTS", 8, low=1),
+        "WEBHOOK_BACKOFF": _float(env, "WEBHOOK_BACKOFF", 1.0),
+        "WEBHOOK_BACKOFF_MAX": _float(env, "WEBHOOK_BACKOFF_MAX", 300.0),
         "CELERY": celery,
     }

@@ -34,6 +34,14 @@ class Submission(BaseModel):
         default_factory=dict, description="validated against the task type's params_schema"
     )
     options: Options = Field(default_factory=Options)
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http or https, no user name or password: the final task resource is "
+        "POSTed here, signed (see the Errand-Signature header); no loopback, private, "
+        "link-local, multicast or reserved address unless WEBHOOK_ALLOW_PRIVATE",
+        json_schema_extra={"format": "uri"},
+    )
 
 
 class Filters(BaseModel):
@@ -101,6 +109,20 @@ class Links(Answer):
     )
 
 
+class Callback(Answer):
+    """Where the task's webhook stands (its ``callback_url`` given at submit)."""
+
+    url: str
+    state: Literal["pending", "delivering", "delivered", "failed"] = Field(
+        description="pending until the task is final and between attempts; delivered on a "
+        "2xx; failed once attempts ran out or the receiver refused (other 4xx, redirects)"
+    )
+    attempts: int = Field(ge=0, description="attempts made (at most WEBHOOK_MAX_ATTEMPTS)")
+    last_status: int | None = Field(description="the receiver's last HTTP status, if it answered")
+    last_error: str | None = Field(description="why the last attempt failed")
+    delivered_at: Timestamp | None
+
+
 class TaskSummary(Answer):
     """A task as a listing shows it: everything but its result and error."""
 
@@ -116,6 +138,7 @@ class TaskSummary(Answer):
     started_at: Timestamp | None
     finished_at: Timestamp | None = Field(description="set in final states only")
     links: Links
+    callback: Callback | None = Field(description="null when the submit had no callback_url")
 
 
 class TaskResource(TaskSummary):

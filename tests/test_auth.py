@@ -299,6 +299,7 @@ def test_production_refuses_debug_set_in_code(redis_server: RedisServer) -> None
         for name, value in errand_env(redis_server.url, ERRAND_ENV="production").items():
             patch.setenv(name, value)
         patch.setenv("SECRET_KEY", "s" * 32)
+        patch.setenv("WEBHOOK_SECRET", "w" * 32)
         patch.setenv("AUTH_DISABLED", "false")
         with pytest.raises(config.ConfigError, match="debug"):
             create_app({"DEBUG": True})

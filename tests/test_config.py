@@ -13,7 +13,15 @@ from tests.support import BIN, ROOT
 def test_production_refuses_to_start_without_secret_key() -> None:
     with pytest.raises(config.ConfigError, match="SECRET_KEY"):
         config.load({"ERRAND_ENV": "production"})
-    assert config.load({"ERRAND_ENV": "production", "SECRET_KEY": "x" * 32})["SECRET_KEY"]
+    with pytest.raises(config.ConfigError, match="WEBHOOK_SECRET"):
+        config.load({"ERRAND_ENV": "production", "SECRET_KEY": "x" * 32})
+    production = {"ERRAND_ENV": "production", "SECRET_KEY": "x" * 32, "WEBHOOK_SECRET": "w" * 32}
+    assert config.load(production)["WEBHOOK_SECRET"] == "w" * 32
+    # Development derives a webhook secret of its own from SECRET_KEY.
+    derived = config.load({"SECRET_KEY": "k"})["WEBHOOK_SECRET"]
+    assert (
+        derived not in {"k", ""} and derived == config.load({"SECRET_KEY": "k"})["WEBHOOK_SECRET"]
+    )
 
 
 def test_worker_process_names_the_missing_setting() -> None:

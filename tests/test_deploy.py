@@ -143,7 +143,7 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
             timeout=60,
         )
 
-    valid = config(SECRET_KEY="s" * 48)
+    valid = config(SECRET_KEY="s" * 48, WEBHOOK_SECRET="w" * 48)
     assert valid.returncode == 0, valid.stderr
     missing = config()
     assert missing.returncode != 0 and "SECRET_KEY" in missing.stderr

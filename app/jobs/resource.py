@@ -87,6 +87,7 @@ def resource(task_id: str, record: dict[str, str], meta: dict[str, Any] | None) 
         "started_at": record.get("started_at"),
         "finished_at": finished if state in FINAL_STATES else None,
         "links": _links(task_id, record),
+        "callback": callback(record),
     }
 
 
@@ -108,6 +109,23 @@ def summary(task_id: str, record: dict[str, str]) -> dict[str, Any]:
         "started_at": record.get("started_at"),
         "finished_at": (record.get("finished_at") or record.get("revoked_at")) if final else None,
         "links": _links(task_id, record),
+        "callback": callback(record),
+    }
+
+
+def callback(record: dict[str, str]) -> dict[str, Any] | None:
+    """Where the task's webhook stands (``app.worker.webhooks``); None without a callback_url."""
+    url = record.get("callback_url")
+    if not url:
+        return None
+    status = record.get("callback_status")
+    return {
+        "url": url,
+        "state": record.get("callback_state", "pending"),
+        "attempts": int(record.get("callback_attempts", 0)),
+        "last_status": int(status) if status else None,
+        "last_error": record.get("callback_error") or None,
+        "delivered_at": record.get("callback_delivered_at") or None,
     }
 
 

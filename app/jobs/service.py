@@ -29,7 +29,7 @@ from app.errors import (
     Unprocessable,
 )
 from app.jobs.resource import FINAL_STATES, encode_cursor, resource, summary
-from app.store import keys, quotas, records
+from app.store import keys, quotas, records, webhooks
 from app.store.quotas import Quota, Usage
 from app.tasks.registry import Registry, TaskType
 from app.worker import messages
@@ -58,9 +58,16 @@ PAGE_BYTES = 256 * 1024  # a listing page stops growing here, whatever its limit
 KEY_REUSED = [{"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}]
 
 
-def fingerprint(task_name: str, params: dict[str, Any], options: dict[str, Any]) -> str:
+def fingerprint(
+    task_name: str,
+    params: dict[str, Any],
+    options: dict[str, Any],
+    callback_url: str | None = None,
+) -> str:
     """What makes two submits the same request, for an Idempotency-Key."""
-    body = {"task": task_name, "params": params, "options": options}
+    body: dict[str, Any] = {"task": task_name, "params": params, "options": options}
+    if callback_url is not None:  # absent, the fingerprint is what it was before webhooks
+        body["callback_url"] = callback_url
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -126,7 +133,8 @@ class Jobs:
         if idempotency_key is not None:
             scoped = f"{principal.key_id}\0{idempotency_key}"  # owners' keys never meet
             key = keys.idempotency(hashlib.sha256(scoped.encode()).hexdigest())
-            claim = (key, fingerprint(task_type.name, params, options))
+            callback_url = (fields or {}).get("callback_url")
+            claim = (key, fingerprint(task_type.name, params, options, callback_url))
         if self.one_script:
             return self._submit_in_one_script(
                 principal, task_type, params, options, claim, request_id, retry_of, quota,
@@ -338,9 +346,12 @@ class Jobs:
         task_type = self.task_types.get(task["task"] or "")
         if params is None or task_type is None:
             raise StateConflict(f"task {task_id} can no longer be retried")
+        callback = task.get("callback")  # the webhook goes with the retry
+        fields = webhooks.submit_fields(callback["url"]) if callback else None
         task, _ = self.submit(
-            principal, task_type, params, options, None, request_id, retry_of=task_id
-        )
+            principal, task_type, params, options, None, request_id, retry_of=task_id,
+            fields=fields,
+        )  # fmt: skip
         return task
 
     def status(self, principal: Principal, task_id: str) -> dict[str, Any]:

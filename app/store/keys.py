@@ -78,3 +78,8 @@ def apikey(key_id: str) -> str:
 def worker(hostname: str) -> str:
     """The description of a live worker."""
     return f"errand:worker:{hostname}"
+
+
+def webhook_lock(task_id: str) -> str:
+    """Held while one attempt to deliver a task's webhook runs (``webhook_attempt.lua``)."""
+    return f"errand:webhook:{task_id}"

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from app.clock import isotime
-from app.store import keys, scripts
+from app.store import keys, scripts, webhooks
 from app.store.quotas import Quota, Usage
 
 # What a status read fetches of a record: everything but the (possibly large) params.
@@ -36,6 +36,7 @@ FIELDS = (
     "progress",
     "eta",
     "state",
+    *webhooks.FIELDS,
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]

@@ -212,6 +212,45 @@ def _submission(registry: Registry) -> dict[str, Any]:
     }
 
 
+def _webhook() -> dict[str, Any]:
+    """What a worker POSTs to a submit's callback_url once the task is final."""
+
+    def header(name: str, description: str, pattern: str = "") -> dict[str, Any]:
+        schema = {"type": "string", **({"pattern": pattern} if pattern else {})}
+        found = _param(name, "header", schema, description)
+        found["required"] = True
+        return found
+
+    return {
+        "post": {
+            "summary": "The task is final (SUCCESS, FAILURE or REVOKED)",
+            "description": "The task resource as GET answered it when it was sent. Retried with "
+            "backoff on errors, timeouts, 408, 429 and 5xx, up to WEBHOOK_MAX_ATTEMPTS; no "
+            "redirect is followed. At least once: dedupe on Errand-Task-Id.",
+            "parameters": [
+                header(
+                    "Errand-Signature",
+                    "`t=<unix seconds>,v1=<hex>`: HMAC-SHA256, keyed with WEBHOOK_SECRET, over "
+                    "`<t>.` followed by the body as sent. Check it in constant time, and that t "
+                    "is recent.",
+                    r"^t=\d+,v1=[0-9a-f]{64}$",
+                ),
+                header("Errand-Task-Id", "The task's id: one webhook per task."),
+                header("Errand-Delivery-Id", "A new id for each attempt."),
+                header("Errand-Attempt", "1 for the first attempt, 2 for the next, ...", r"^\d+$"),
+            ],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("TaskResource")}}},
+            "responses": {
+                "2XX": {"description": "Delivered."},
+                "default": {
+                    "description": "408, 429 and 5xx are retried; any other answer fails the "
+                    "delivery at once."
+                },
+            },
+        }
+    }
+
+
 def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
     task_id = _param("task_id", "path", {"type": "string", "format": "uuid"}, "the task's id")
     task_id["required"] = True
@@ -221,9 +260,10 @@ def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
         # A Structured Field string, or a bare token; 1 to 255 printable ASCII either way.
         {"type": "string", "pattern": '^(?!""$)(?:"[ -~]{1,255}"|[ -~]{1,255})$'},
         'A Structured Field string (`"order-4711"`) or a bare token, 1 to 255 printable '
-        "ASCII characters (else 400). The same key with the same request (task, params and "
-        "options, after validation) answers the task the first one made (202, same id); with "
-        "another request, 422. Kept per key for IDEMPOTENCY_TTL (24 h); a failed submit frees it.",
+        "ASCII characters (else 400). The same key with the same request (task, params, "
+        "options and callback_url, after validation) answers the task the first one made "
+        "(202, same id); with another request, 422. Kept per key for IDEMPOTENCY_TTL (24 h); "
+        "a failed submit frees it.",
     )
     if_none_match = _param(
         "If-None-Match",
@@ -285,11 +325,12 @@ def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
                     "413": _problem("The body is larger than MAX_CONTENT_LENGTH (1 MiB)."),
                     "415": _problem("The body is not application/json."),
                     "422": _problem(
-                        "Unknown task type, params or options not valid, a number too large for "
-                        "a double (with errors), or an Idempotency-Key used before with another "
-                        "request."
+                        "Unknown task type, params, options or callback_url not valid, a number "
+                        "too large for a double (with errors), or an Idempotency-Key used before "
+                        "with another request."
                     ),
                 },
+                "callbacks": {"taskFinished": {"{$request.body#/callback_url}": _webhook()}},
             },
             "get": {
                 "operationId": "listTasks",
@@ -337,9 +378,10 @@ def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
                 "operationId": "retryTask",
                 "tags": ["tasks"],
                 "summary": "Resubmit a FAILURE or REVOKED task",
-                "description": "A new task with the same type, params and options, linked "
-                "both ways (links.retry_of on the new one, links.retried_by on the old one). A "
-                "task is retried once: asked again, this answers the task its retry made.",
+                "description": "A new task with the same type, params, options and "
+                "callback_url, linked both ways (links.retry_of on the new one, links.retried_by "
+                "on the old one). A task is retried once: asked again, this answers the task its "
+                "retry made.",
                 "responses": {
                     "202": _task("The new task (or the one the first retry made).", "Location"),
                     "404": not_found,

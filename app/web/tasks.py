@@ -21,6 +21,7 @@ from app.errors import InvalidBody, StoreUnavailable, TaskNotFound, Unprocessabl
 from app.jobs import Jobs
 from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
 from app.schemas import Filters, Submission
+from app.store import webhooks as delivery
 from app.tasks.registry import Registry, TaskType
 from app.web.auth import current, key_name
 from app.web.limits import quota, spent
@@ -33,6 +34,7 @@ from app.web.live import (
     wait_for_change,
     watcher,
 )
+from app.webhooks import url_problem
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1")
 
@@ -199,6 +201,15 @@ def submit() -> Response:
             f"unknown task type {submission.task!r}",
             [{"loc": ["task"], "msg": "not one of " + ", ".join(sorted(registry))}],
         )
+    fields = None
+    if submission.callback_url is not None:
+        config = current_app.config
+        allow_private, allowed = config["WEBHOOK_ALLOW_PRIVATE"], config["WEBHOOK_ALLOWED_HOSTS"]
+        problem = url_problem(submission.callback_url, allow_private, allowed)
+        if problem:
+            errors = [{"loc": ["callback_url"], "msg": problem}]
+            raise Unprocessable("the callback_url is not valid", errors)
+        fields = delivery.submit_fields(submission.callback_url)
     if g.get("body_size", 0) > LARGE_BODY:
         params = off_the_loop(validated, task_type, submission.params)
     else:
@@ -213,6 +224,7 @@ def submit() -> Response:
         idempotency_key(),
         g.get("request_id", ""),
         quota=limit,
+        fields=fields,
     )
     if limit is not None:
         spent(limit, usage)

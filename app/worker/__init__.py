@@ -22,7 +22,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from app import store
 from app.store import records
 from app.tasks.maintenance import prune_index
-from app.worker import signals
+from app.worker import signals, webhooks
 from app.worker.lease import Lease
 from app.worker.results import run_started
 
@@ -63,6 +63,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.conf.beat_schedule = {
         "prune-task-index": {"task": prune_index.name, "schedule": app.config["PRUNE_INTERVAL"]},
     }
+    # Errand's own tasks are registered by import: prune_index, webhooks.deliver_webhook.
     celery_app.steps["worker"].add(Lease)
     celery_app.flask_app = app  # type: ignore[attr-defined]
     celery_app.set_default()
@@ -102,11 +103,13 @@ def begin(task: Task) -> None:
             return
         if verdict == "done":
             log.info("task %s had succeeded already (a redelivery); not run again", task_id)
+            webhooks.queue_if_waiting(task.app, task_id)
             _tell_monitors(task, "task-succeeded", result="(succeeded before)", runtime=0)
             raise Ignore()
         if verdict == "revoked":
             log.info("task %s was cancelled before it started", task_id)
             task.backend.mark_as_revoked(task_id, "cancelled", request=task.request)
+            webhooks.queue_if_waiting(task.app, task_id)
             _tell_monitors(task, "task-revoked", terminated=False, signum=None, expired=False)
             raise Ignore()
         if verdict == "orphan":

@@ -2,7 +2,8 @@
 
 Configured as ``app.worker.results:ResultStore+redis://...`` (see ``config.py``).
 Every state is stored by one script (``store_result.lua``) that also updates
-the task's record, the in-flight set and the metrics; Celery's own backend
+the task's record, the in-flight set and the metrics, and says when a task's
+webhook is due (``app.worker.webhooks``); Celery's own backend
 first GETs the stored state to keep a SUCCESS from being overwritten, a round
 trip the script saves.
 """
@@ -20,6 +21,7 @@ from kombu.utils.encoding import bytes_to_str
 from app.clock import isotime
 from app.metrics import runtime_bucket
 from app.store import keys, scripts
+from app.worker.webhooks import queue_delivery
 
 # When each task began to run in this worker process (``app.worker.begin``), so
 # that its run time is counted with the state that ends the run.
@@ -66,5 +68,7 @@ class ResultStore(RedisBackend):
         args = [value, int(expires or 0), state, isotime(), int(self.expires or 0), final, task_id]
         args += [keys.IN_FLIGHT_PREFIX, bucket, seconds, keys.BY_STATE_PREFIX]
         names = [keys.result(task_id), keys.record(task_id), keys.STATE_COUNTS, keys.RUNTIMES]
-        self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
+        stored = self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
+        if stored == 2:  # the task's first final state, and it has a callback_url
+            queue_delivery(self.app, task_id)
         return result

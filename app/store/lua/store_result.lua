@@ -27,6 +27,8 @@
     ARGV[11] the by-state index prefix  errand:bystate:
 
   Output:
+    2  stored, the task's first final state, and it has a callback_url: its
+       webhook is to be delivered now (this answer comes once per task)
     1  stored
     0  a SUCCESS was stored already: nothing changed
 ]]
@@ -67,5 +69,6 @@ if task then
     if owner then redis.call('ZREM', ARGV[8] .. owner, ARGV[7]) end
     if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
   end
+  if first_final and redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then return 2 end
 end
 return 1
