@@ -36,6 +36,7 @@ FIELDS = (
     "progress",
     "eta",
     "state",
+    "schedule",  # a schedule's run: links.schedule
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]
