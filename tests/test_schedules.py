@@ -22,7 +22,8 @@ from app.jobs.schedules import Spec, params_checked
 from app.store import keys as names
 from app.store.apikeys import create_key, revoke_key
 from app.worker.schedules import read_file
-from tests.support import BIN, RedisServer, errand_env, make_app, wait_for
+from tests.support import BIN, Api, RedisServer, errand_env, make_app, wait_for
+from tests.test_openapi import conform  # its checker: status, headers and body
 
 URL = "/api/v1/schedules"
 SECURED = {"AUTH_DISABLED": "false", "KEY_CACHE_SECONDS": "0", "SCHEDULE_LIMIT": "3"}
@@ -497,3 +498,38 @@ def test_beat_refuses_a_bad_file_and_runs_a_good_one(stack: Any, tmp_path: Path)
     client = make_app(server.url, **BEAT_ENV).test_client()
     task = wait_for(lambda: (t := client.get(f"/api/v1/tasks/{run}").json)["result"] and t, 20)
     assert task["links"]["schedule"] == "/api/v1/schedules/tick"
+
+
+def test_schedule_answers_conform_to_the_document(stack: Any, tmp_path: Path) -> None:
+    """Every schedule route's real answers, under gunicorn, as the OpenAPI document says."""
+    server = stack("redis")
+    store = server.client()
+    alice, admin = create_key(store, "alice"), create_key(store, "ops", admin=True)
+    env = errand_env(server.url, **SECURED)
+    with Api(env, tmp_path / "api.log", workers=1) as api:
+        doc = api.call("GET", "/api/v1/openapi.json")[2]
+        one = URL + "/{schedule_id}"
+
+        def call(method: str, path: str, route: str, body: Any = None, key: str = alice) -> Any:
+            answer = api.call(method, path, body, key=key)
+            conform(doc, route, method, answer)
+            return answer
+
+        status, headers, created = call("POST", URL, URL, EVERY_MINUTE)
+        assert status == 201 and headers["Location"] == created["links"]["self"]
+        mine = created["links"]["self"]
+        assert call("GET", mine, one)[0] == 200
+        assert call("GET", URL, URL)[0] == 200
+        assert call("GET", URL, URL, key=admin)[0] == 200
+        assert call("PATCH", mine, one, {"paused": True})[0] == 200
+        assert call("PATCH", mine, one, {"interval": 1})[0] == 422
+        assert call("POST", URL, URL, {"task": "no.such", "interval": 60})[0] == 422
+        assert call("GET", f"{URL}?limit=0", URL)[0] == 422
+        for _ in range(2):
+            call("POST", URL, URL, EVERY_MINUTE)
+        assert call("POST", URL, URL, EVERY_MINUTE)[0] == 409  # SCHEDULE_LIMIT is 3
+        assert call("GET", mine, one, key=admin)[0] == 200
+        assert call("DELETE", mine, one)[0] == 204
+        assert call("GET", mine, one)[0] == 404
+        assert call("DELETE", mine, one)[0] == 404
+        assert call("GET", URL, URL, key="")[0] == 401
