@@ -334,16 +334,15 @@ class Schedules:
         The run's task id, or None when nothing ran: the schedule is gone or paused
         (its redbeat entry is tidied), or the run was refused (``last_error`` says why).
         """
-        loaded = store.load(self.client, schedule_id)
-        if loaded is None:
-            store.delete(self.client, schedule_id, "")  # the entry of a deleted schedule
-            return None
-        record, _ = loaded
-        spec = spec_of(record)
-        if spec.paused:
-            store.unschedule(self.client, schedule_id)
+        if self._gone_or_paused(schedule_id) is None:
             return None
         advance()  # the next run is set before this one is made: one run per due time
+        # Looked at again: a DELETE or a pause that came meanwhile wins (and advance's
+        # write of the entry is undone).
+        record = self._gone_or_paused(schedule_id)
+        if record is None:
+            return None
+        spec = spec_of(record)
         now = isotime()
         try:
             principal = self._principal_of(record.get("owner", ""))
@@ -370,6 +369,17 @@ class Schedules:
         )
         log.info("schedule %s: run %s submitted", schedule_id, task["id"])
         return str(task["id"])
+
+    def _gone_or_paused(self, schedule_id: str) -> dict[str, str] | None:
+        """The record of a schedule that may run; None (its entry tidied) if gone or paused."""
+        loaded = store.load(self.client, schedule_id)
+        if loaded is None:
+            store.delete(self.client, schedule_id, "")  # the entry of a deleted schedule
+            return None
+        if loaded[0].get("paused") == "1":
+            store.unschedule(self.client, schedule_id)
+            return None
+        return loaded[0]
 
     def sync_file(self, specs: Mapping[str, Spec]) -> None:
         """Make the schedules of a schedules file exactly ``specs``; no key owns them."""
