@@ -279,8 +279,6 @@ class Schedules:
             merged["interval"] = None  # a crontab replaces the interval, and the other way
         if "interval" in changes and "crontab" not in changes:
             merged.update(crontab=None, timezone=None)
-        if "timezone" in changes and "crontab" not in changes and old.crontab is not None:
-            merged["crontab"] = old.crontab
         spec = replace(old, **merged)
         unchanged = "task" not in changes and "params" not in changes
         spec = self.check(spec, (lambda _type, params: params) if unchanged else validate)
