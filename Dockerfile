@@ -1,7 +1,7 @@
 # One image for every Errand process; the command picks which (compose.yaml runs all four):
 #   API:    (default) gunicorn -c gunicorn.conf.py wsgi:app
 #   worker: celery -A worker:celery_app worker -l INFO
-#   beat:   celery -A worker:celery_app beat -l INFO   (its schedule in /var/lib/errand)
+#   beat:   celery -A worker:celery_app beat -l INFO   (its schedules and lock in Redis)
 #   a key:  flask --app wsgi keys create admin --admin
 # The HEALTHCHECK is the API's: give the worker and beat their own (compose.yaml does).
 FROM python:3.11-slim
@@ -10,11 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    GUNICORN_BIND=0.0.0.0:8000 \
-    BEAT_SCHEDULE_FILE=/var/lib/errand/celerybeat-schedule
+    GUNICORN_BIND=0.0.0.0:8000
 
-RUN useradd --create-home --uid 10001 errand \
-    && install -d -o errand -g errand /var/lib/errand
+RUN useradd --create-home --uid 10001 errand
 WORKDIR /srv/errand
 
 # The locked, hashed packages first (this layer is kept until the lock changes), then Errand.

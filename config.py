@@ -173,7 +173,6 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.2,
         },
-        "beat_schedule_filename": env.get("BEAT_SCHEDULE_FILE", "celerybeat-schedule"),
         "timezone": "UTC",
     }
     return {
@@ -198,6 +197,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CORS_ORIGINS": origins,
         "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
         "PRUNE_INTERVAL": _int(env, "PRUNE_INTERVAL", 3600, low=1),
+        "SCHEDULE_LIMIT": _int(env, "SCHEDULE_LIMIT", 100, low=1),
+        "SCHEDULE_MIN_INTERVAL": _int(env, "SCHEDULE_MIN_INTERVAL", 60, low=1),
+        "SCHEDULES_FILE": env.get("SCHEDULES_FILE", ""),
+        "BEAT_LOCK_TIMEOUT": _int(env, "BEAT_LOCK_TIMEOUT", 30, low=2),
         "WAIT_LIMIT": _int(env, "WAIT_LIMIT", 100, low=1),
         "STREAM_TOKEN_TTL": _int(env, "STREAM_TOKEN_TTL", 60, low=5),
         "SSE_HEARTBEAT": _float(env, "SSE_HEARTBEAT", 15.0),

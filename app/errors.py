@@ -5,6 +5,7 @@ ErrandError
 ├── Unauthenticated      401  no API key, or a wrong or revoked one
 ├── Forbidden            403  the key may not call this route
 ├── TaskNotFound         404  unknown, expired, or not yours
+├── ScheduleNotFound     404  unknown, or not yours
 ├── StateConflict        409  the task's state does not allow it
 ├── Unprocessable        422  unknown task type, bad params, options or filters
 ├── TooManyRequests      429  a limit of the key's was reached
@@ -57,6 +58,12 @@ class Forbidden(ErrandError):
 
 class TaskNotFound(ErrandError):
     """No task with that id is known to this API (or it is another owner's)."""
+
+    status = 404
+
+
+class ScheduleNotFound(ErrandError):
+    """No schedule with that id (or it is another owner's)."""
 
     status = 404
 

@@ -261,3 +261,112 @@ class Ready(Answer):
     checks: dict[str, Literal["ok"]] = Field(
         description="each check by name: broker, result_store, workers"
     )
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+CRONTAB = Field(
+    None,
+    max_length=100,
+    description="five fields, minute hour day-of-month month day-of-week (0-6, 0 is Sunday, "
+    "or mon-sun), read in timezone: e.g. '0 8 * * *' is every day at 8:00",
+    examples=["0 8 * * mon-fri"],
+)
+TIMEZONE = Field(
+    None, max_length=64, description="an IANA name for the crontab (default UTC)", examples=["UTC"]
+)
+INTERVAL = Field(
+    None,
+    ge=1,
+    le=365 * 24 * 3600,
+    description="seconds between runs, SCHEDULE_MIN_INTERVAL to a year",
+)
+
+
+class ScheduleOptions(BaseModel):
+    """How each run goes: a submit's options, but no countdown."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    priority: int | None = Field(
+        None, ge=0, le=9, description="0 to 9, higher runs first; none counts as 0"
+    )
+
+
+class ScheduleCreate(BaseModel):
+    """The body of ``POST /api/v1/schedules``: a crontab or an interval, not both."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    task: str = Field(max_length=200, description="a name from /api/v1/task-types")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="validated against the task type's params_schema"
+    )
+    options: ScheduleOptions = Field(default_factory=ScheduleOptions)
+    crontab: str | None = CRONTAB
+    timezone: str | None = TIMEZONE
+    interval: int | None = INTERVAL
+    paused: bool = Field(False, description="a paused schedule makes no runs")
+
+
+class SchedulePatch(BaseModel):
+    """The body of ``PATCH /api/v1/schedules/{schedule_id}``: only the fields to change.
+
+    A crontab replaces an interval and the other way round; a new timing, or a resume,
+    sets the schedule going from now."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    task: str = Field(None, max_length=200, json_schema_extra=_absent_when_unset)
+    params: dict[str, Any] = Field(None, json_schema_extra=_absent_when_unset)
+    options: ScheduleOptions = Field(None, json_schema_extra=_absent_when_unset)
+    crontab: str = Field(None, max_length=100, json_schema_extra=_absent_when_unset)
+    timezone: str = Field(None, max_length=64, json_schema_extra=_absent_when_unset)
+    interval: int = Field(None, ge=1, le=365 * 24 * 3600, json_schema_extra=_absent_when_unset)
+    paused: bool = Field(None, json_schema_extra=_absent_when_unset)
+
+
+class ScheduleFilters(BaseModel):
+    """The query of ``GET /api/v1/schedules``."""
+
+    limit: int = Field(50, ge=1, le=200, description="at most this many schedules")
+    cursor: str | None = Field(None, description="the next_cursor of the page before")
+
+
+class ScheduleLinks(Answer):
+    """The schedule's own address, and its last run's task."""
+
+    self: Annotated[str, Field(pattern=r"^/api/v1/schedules/[a-z0-9_-]{1,64}$")]
+    last_task: TaskPath = Field(
+        None, description="the task of the last run", json_schema_extra=_absent_when_unset
+    )
+
+
+class ScheduleResource(Answer):
+    """A schedule: what ``GET /api/v1/schedules/{schedule_id}`` answers."""
+
+    id: str = Field(description="a UUID, or a name from SCHEDULES_FILE")
+    task: str
+    params: dict[str, Any]
+    options: dict[str, Any] = Field(description="as sent: priority, if any")
+    crontab: str | None = Field(description="null for an interval schedule")
+    timezone: str | None = Field(description="the crontab's time zone; null without a crontab")
+    interval: int | None = Field(description="seconds; null for a crontab schedule")
+    paused: bool
+    source: Literal["api", "file"] = Field(
+        description="file: declared in SCHEDULES_FILE (admin keys see it; change it there)"
+    )
+    created_at: Timestamp
+    next_run_at: Timestamp | None = Field(
+        description="when beat makes the next run (now, if it is due); null while paused"
+    )
+    last_run_at: Timestamp | None = Field(description="when the last run was submitted")
+    last_error: str | None = Field(
+        description="why the last due run was not made (the owner's in-flight cap, a revoked "
+        "key); cleared by the next run that is made"
+    )
+    links: ScheduleLinks
+
+
+class ScheduleList(Answer):
+    """A page of schedules, oldest first."""
+
+    items: list[ScheduleResource]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null at the end")

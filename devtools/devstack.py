@@ -192,7 +192,7 @@ def main() -> None:
     commands["api"] = [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
     celery = [str(bin_dir / "celery"), "-A", "worker:celery_app"]
     commands["worker"] = [*celery, "worker", "-l", "INFO"]
-    commands["beat"] = [*celery, "beat", "-l", "INFO", "-s", str(var / "celerybeat-schedule")]
+    commands["beat"] = [*celery, "beat", "-l", "INFO"]  # its state is in Redis (redbeat)
     (var / "redis").mkdir(parents=True, exist_ok=True)
     host, port = api if api else ("127.0.0.1", 8000)
     host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host

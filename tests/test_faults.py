@@ -153,7 +153,7 @@ def test_beat_runs_the_prune_job(stack: Any, tmp_path: Path) -> None:
     store = server.client()
     store.zadd("errand:index", {"long-gone": 1})
     beat_command = [str(BIN / "celery"), "-A", "worker:celery_app", "beat", "-l", "INFO"]
-    stack("process", [*beat_command, "-s", str(tmp_path / "schedule")], tmp_path / "beat.log", env)
+    stack("process", beat_command, tmp_path / "beat.log", env)
     wait_for(lambda: store.zscore("errand:index", "long-gone") is None, 30)
     assert b"errand.prune_index" in (tmp_path / "beat.log").read_bytes()
     wait_for(lambda: b"pruned 1 expired" in worker.log.read_bytes(), 10)  # logged after it

@@ -83,3 +83,27 @@ def worker(hostname: str) -> str:
 def webhook_lock(task_id: str) -> str:
     """Held while one attempt to deliver a task's webhook runs (``webhook_attempt.lua``)."""
     return f"errand:webhook:{task_id}"
+
+
+# Schedules (app.store.schedules) and the celery-redbeat entries beat reads
+# (app.worker.schedules sets redbeat_key_prefix to REDBEAT_PREFIX).
+SCHEDULE_PREFIX = "errand:schedule:"
+SCHEDULES = "errand:schedules"  # every schedule id, scored by creation time (µs)
+REDBEAT_PREFIX = "errand:redbeat:"
+REDBEAT_DUE = REDBEAT_PREFIX + ":schedule"  # redbeat's name: entries by next run (s)
+SCHEDULE_ENTRY = "schedule:"  # the redbeat entry name of a schedule: schedule:<id>
+
+
+def schedule(schedule_id: str) -> str:
+    """A schedule's record."""
+    return SCHEDULE_PREFIX + schedule_id
+
+
+def owner_schedules(owner: str) -> str:
+    """The sorted set of one key's schedules."""
+    return f"{SCHEDULES}:owner:{owner}"
+
+
+def redbeat_entry(schedule_id: str) -> str:
+    """The celery-redbeat entry (definition and meta) of a schedule."""
+    return REDBEAT_PREFIX + SCHEDULE_ENTRY + schedule_id

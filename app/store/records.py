@@ -37,6 +37,8 @@ FIELDS = (
     "eta",
     "state",
     *webhooks.FIELDS,
+    "schedule",  # a schedule's run: links.schedule
+    "workflow",  # a workflow's step: links.workflow
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]

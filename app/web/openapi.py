@@ -40,6 +40,10 @@ MODELS: list[type[BaseModel]] = [
     schemas.Health,
     schemas.Ready,
     schemas.Problem,
+    schemas.ScheduleCreate,
+    schemas.SchedulePatch,
+    schemas.ScheduleResource,
+    schemas.ScheduleList,
 ]
 
 HEADERS: dict[str, dict[str, Any]] = {
@@ -546,6 +550,105 @@ def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
     }
 
 
+def _schedule_paths() -> dict[str, Any]:
+    """The routes of ``app.web.schedules``."""
+    schedule_id = _param(
+        "schedule_id",
+        "path",
+        {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+        "the schedule's id (a UUID, or a name from SCHEDULES_FILE)",
+    )
+    schedule_id["required"] = True
+    not_found = _problem("No such schedule: unknown, or another key's (both answer alike).")
+    shown = _answer("The schedule.", _ref("ScheduleResource"))
+    created = _answer("Created: the new schedule.", _ref("ScheduleResource"))
+    created["headers"]["Location"] = {
+        "description": "The new schedule's address.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^/api/v1/schedules/[0-9a-f-]{36}$"},
+    }
+    body = {
+        "400": _problem("The body is not a JSON object."),
+        "413": _problem("The body is larger than MAX_CONTENT_LENGTH (1 MiB)."),
+        "415": _problem("The body is not application/json."),
+    }
+    properties = schemas.ScheduleFilters.model_json_schema()["properties"]
+    query = [
+        _param(name, "query", _not_null(schema), schema.get("description", ""))
+        for name, schema in properties.items()
+    ]
+
+    def request(model: str) -> dict[str, Any]:
+        return {"required": True, "content": {JSON: {"schema": _ref(model)}}}
+
+    return {
+        "/api/v1/schedules": {
+            "post": {
+                "operationId": "createSchedule",
+                "tags": ["schedules"],
+                "summary": "Make a schedule",
+                "description": "A task type, its params (validated as a submit validates "
+                "them) and a crontab in a time zone or an interval. Each run is an ordinary "
+                "task of the caller's key, with links.schedule.",
+                "requestBody": request("ScheduleCreate"),
+                "responses": {
+                    "201": created,
+                    **body,
+                    "409": _problem("The key has SCHEDULE_LIMIT schedules already."),
+                    "422": _problem(
+                        "Unknown task type, params not valid, a bad crontab, time zone or "
+                        "interval, both or neither of crontab and interval, unknown fields."
+                    ),
+                },
+            },
+            "get": {
+                "operationId": "listSchedules",
+                "tags": ["schedules"],
+                "summary": "List schedules, oldest first",
+                "description": "The caller's schedules; an admin key's: every schedule, "
+                "those of SCHEDULES_FILE too.",
+                "parameters": query,
+                "responses": {
+                    "200": _answer("A page of schedules.", _ref("ScheduleList")),
+                    "422": _problem("Filters not valid (each named in errors)."),
+                },
+            },
+        },
+        "/api/v1/schedules/{schedule_id}": {
+            "parameters": [schedule_id],
+            "get": {
+                "operationId": "getSchedule",
+                "tags": ["schedules"],
+                "summary": "A schedule, its next and last run",
+                "responses": {"200": shown, "404": not_found},
+            },
+            "patch": {
+                "operationId": "updateSchedule",
+                "tags": ["schedules"],
+                "summary": "Change, pause or resume a schedule",
+                "requestBody": request("SchedulePatch"),
+                "responses": {
+                    "200": shown,
+                    **body,
+                    "404": not_found,
+                    "409": _problem("The schedule is declared in SCHEDULES_FILE."),
+                    "422": _problem("The changes are not valid (each named in errors)."),
+                },
+            },
+            "delete": {
+                "operationId": "deleteSchedule",
+                "tags": ["schedules"],
+                "summary": "Delete a schedule (the tasks it made stay)",
+                "responses": {
+                    "204": _answer("Deleted: it makes no more runs."),
+                    "404": not_found,
+                    "409": _problem("The schedule is declared in SCHEDULES_FILE."),
+                },
+            },
+        },
+    }
+
+
 def _complete(paths: dict[str, Any]) -> None:
     """What every route has: X-Request-ID; with a key, the common errors and rate-limit headers."""
     for item in paths.values():
@@ -568,7 +671,7 @@ def _complete(paths: dict[str, Any]) -> None:
 def document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``, with its task types."""
     registry: Registry = app.extensions["errand.task_types"]
-    paths = _paths(registry, app.config["METRICS_PUBLIC"])
+    paths = {**_paths(registry, app.config["METRICS_PUBLIC"]), **_schedule_paths()}
     _complete(paths)
     return {
         "openapi": "3.1.0",
@@ -584,6 +687,7 @@ def document(app: Flask) -> dict[str, Any]:
         "tags": [
             {"name": "tasks", "description": "Submit, watch, cancel and retry jobs."},
             {"name": "task types", "description": "What can be submitted."},
+            {"name": "schedules", "description": "Periodic jobs; each run is a task."},
             {"name": "operations", "description": "What operators watch (admin keys)."},
             {"name": "health", "description": "For load balancers and orchestrators."},
             {"name": "docs", "description": "This document."},

@@ -20,7 +20,7 @@ from kombu import Exchange, Queue
 from kombu.transport import TRANSPORT_ALIASES
 
 from app import store
-from app.store import records
+from app.store import keys, records
 from app.tasks.maintenance import prune_index
 from app.worker import signals, webhooks
 from app.worker.lease import Lease
@@ -64,6 +64,19 @@ def celery_init_app(app: Flask) -> Celery:
         "prune-task-index": {"task": prune_index.name, "schedule": app.config["PRUNE_INTERVAL"]},
     }
     # Errand's own tasks are registered by import: prune_index, webhooks.deliver_webhook.
+    # Beat keeps its entries and its lock in Redis (celery-redbeat): app.worker.schedules.
+    lock_timeout = app.config["BEAT_LOCK_TIMEOUT"]
+    conf.beat_scheduler = "app.worker.schedules:Scheduler"
+    conf.beat_max_loop_interval = max(1, lock_timeout // 5)  # a tick renews the lock
+    conf.redbeat_redis_url = app.config["REDIS_URL"]
+    conf.redbeat_key_prefix = keys.REDBEAT_PREFIX
+    conf.redbeat_lock_timeout = lock_timeout
+    timeout = app.config["REDIS_TIMEOUT"]
+    conf.redbeat_redis_options = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry_period": lock_timeout,  # a Redis blip is retried while the lock would hold
+    }
     celery_app.steps["worker"].add(Lease)
     celery_app.flask_app = app  # type: ignore[attr-defined]
     celery_app.set_default()
