@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import redis
 from celery.schedules import BaseSchedule, crontab, schedule
-from pydantic import ValidationError
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from app.clock import isotime
@@ -153,19 +152,7 @@ def timing_errors(spec: Spec, min_interval: int) -> list[dict[str, Any]]:
 
 def params_checked(task_type: TaskType, raw: dict[str, Any]) -> dict[str, Any]:
     """Params validated as a submit validates them (outside a request: beat, the file)."""
-    try:
-        params = task_type.params.model_validate(raw)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ["params", *e["loc"]], "msg": e["msg"].removeprefix("Value error, ")}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        raise Unprocessable(f"params are not valid for {task_type.name}", errors) from None
-    if task_type.check is not None:
-        problems = task_type.check(params)
-        if problems:
-            raise Unprocessable(f"params are not valid for {task_type.name}", problems)
-    return params.model_dump(mode="json")
+    return task_type.validate(raw).model_dump(mode="json")
 
 
 def _iso_of_meta(meta: str | None) -> datetime | None:

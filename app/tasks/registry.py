@@ -27,7 +27,17 @@ from typing import Any, TypeVar
 from celery import Task, current_task, shared_task
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from app.errors import Unprocessable
+
 P = TypeVar("P", bound=BaseModel)
+
+
+def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Pydantic's errors as the contract's ``errors``: where, and a plain message."""
+    return [
+        {"loc": [*prefix, *e["loc"]], "msg": e["msg"].removeprefix("Value error, ")}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 class InvalidParams(ValueError):
@@ -51,6 +61,20 @@ class TaskType:
     # Checks that need more than the params model (e.g. rendering templates for every
     # recipient), run at submit: a list of errors ({"loc", "msg"}), empty when all is well.
     check: Callable[[Any], list[dict[str, Any]]] | None = None
+
+    def validate(self, raw: dict[str, Any]) -> BaseModel:
+        """The params of a submit validated and checked (``check``), or a 422 saying where."""
+        try:
+            params = self.params.model_validate(raw)
+        except ValidationError as exc:
+            raise Unprocessable(
+                f"params are not valid for {self.name}", validation_errors(exc, ("params",))
+            ) from None
+        if self.check is not None:
+            problems = self.check(params)
+            if problems:
+                raise Unprocessable(f"params are not valid for {self.name}", problems)
+        return params
 
     def schema(self) -> dict[str, Any]:
         """The task type as ``/api/v1/task-types`` lists it."""

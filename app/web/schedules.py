@@ -15,9 +15,9 @@ from app.errors import ScheduleNotFound, Unprocessable
 from app.jobs.resource import decode_cursor
 from app.jobs.schedules import Schedules, Spec
 from app.schemas import ScheduleCreate, ScheduleFilters, SchedulePatch
-from app.tasks.registry import TaskType
+from app.tasks.registry import TaskType, validation_errors
 from app.web.auth import current
-from app.web.tasks import LARGE_BODY, _errors, json_object, off_the_loop, validated
+from app.web.tasks import LARGE_BODY, json_object, off_the_loop, validated
 
 bp = Blueprint("schedules", __name__, url_prefix="/api/v1")
 
@@ -61,7 +61,7 @@ def create() -> Response:
     try:
         body = ScheduleCreate.model_validate(json_object())
     except ValidationError as exc:
-        raise Unprocessable("the schedule is not valid", _errors(exc)) from None
+        raise Unprocessable("the schedule is not valid", validation_errors(exc)) from None
     spec = Spec(
         task=body.task,
         params=body.params,
@@ -81,7 +81,8 @@ def list_schedules() -> Response:
     try:
         filters = ScheduleFilters.model_validate(args)
     except ValidationError as exc:
-        raise Unprocessable("the filters are not valid", _errors(exc, ("query",))) from None
+        errors = validation_errors(exc, ("query",))
+        raise Unprocessable("the filters are not valid", errors) from None
     cursor = None
     if filters.cursor is not None:
         try:
@@ -104,7 +105,7 @@ def update(schedule_id: str) -> Response:
     try:
         body = SchedulePatch.model_validate(json_object())
     except ValidationError as exc:
-        raise Unprocessable("the changes are not valid", _errors(exc)) from None
+        raise Unprocessable("the changes are not valid", validation_errors(exc)) from None
     changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
     if "options" in changes:
         changes["options"] = body.options.model_dump(exclude_none=True)

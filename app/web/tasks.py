@@ -22,7 +22,7 @@ from app.jobs import Jobs
 from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
 from app.schemas import Filters, Submission
 from app.store import webhooks as delivery
-from app.tasks.registry import Registry, TaskType
+from app.tasks.registry import Registry, TaskType, validation_errors
 from app.web.auth import current, key_name
 from app.web.limits import quota, spent
 from app.web.live import (
@@ -52,13 +52,6 @@ def task_types() -> Registry:
     """The current application's task types."""
     registry: Registry = current_app.extensions["errand.task_types"]
     return registry
-
-
-def _errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    return [
-        {"loc": [*prefix, *e["loc"]], "msg": e["msg"].removeprefix("Value error, ")}
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
 
 
 def _reject_constant(name: str) -> None:
@@ -156,17 +149,7 @@ def task_response(
 
 def validated(task_type: TaskType, raw: dict[str, Any]) -> BaseModel:
     """The params of a submit, validated and checked (``TaskType.check``), or a 422."""
-    try:
-        params = task_type.params.model_validate(raw)
-    except ValidationError as exc:
-        raise Unprocessable(
-            f"params are not valid for {task_type.name}", _errors(exc, ("params",))
-        ) from None
-    if task_type.check is not None:
-        problems = task_type.check(params)
-        if problems:
-            raise Unprocessable(f"params are not valid for {task_type.name}", problems)
-    return params
+    return task_type.validate(raw)
 
 
 # Past this size a body's validation (10,000 addresses, templates) takes long enough to
@@ -192,7 +175,7 @@ def submit() -> Response:
     try:
         submission = Submission.model_validate(json_object())
     except ValidationError as exc:
-        raise Unprocessable("the submission is not valid", _errors(exc)) from None
+        raise Unprocessable("the submission is not valid", validation_errors(exc)) from None
     registry = task_types()
     task_type = registry.get(submission.task)
     g.task_type = submission.task if task_type else "unknown"
@@ -335,7 +318,7 @@ def list_tasks() -> Response:
     try:
         filters = Filters.model_validate(args)
     except ValidationError as exc:
-        errors += _errors(exc, ("query",))
+        errors += validation_errors(exc, ("query",))
     registry = task_types()
     if "state" in args and args["state"] not in STATES:
         states = ", ".join(sorted(STATES))
