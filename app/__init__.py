@@ -10,6 +10,7 @@ import config
 from app import cli, log, metrics, store, web
 from app.extensions import mail
 from app.jobs import Jobs
+from app.jobs.workflows import Workflows
 from app.tasks import BUILT_IN, registry
 from app.worker import celery_init_app
 
@@ -32,7 +33,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     task_types = registry.build([*BUILT_IN, *app.config["TASK_MODULES"]])
     app.extensions["errand.task_types"] = task_types
     celery_app = celery_init_app(app)  # also registers errand's own periodic jobs
-    app.extensions["errand.jobs"] = Jobs(client, celery_app, task_types, app.config)
+    app.extensions["errand.jobs"] = jobs = Jobs(client, celery_app, task_types, app.config)
+    app.extensions["errand.workflows"] = Workflows(jobs)
     metrics.init_app(app)
     web.init_app(app)
     cli.init_app(app)

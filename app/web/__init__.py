@@ -6,7 +6,18 @@ from flask import Flask, Response, g
 from flask.sessions import SessionInterface
 
 from app.log import assign_request_id
-from app.web import auth, health, limits, openapi, operations, page, problems, security, tasks
+from app.web import (
+    auth,
+    health,
+    limits,
+    openapi,
+    operations,
+    page,
+    problems,
+    security,
+    tasks,
+    workflows,
+)
 
 
 class NoSessions(SessionInterface):
@@ -40,6 +51,7 @@ def init_app(app: Flask) -> None:
     problems.init_app(app)
     security.init_app(app)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(workflows.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
