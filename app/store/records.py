@@ -36,6 +36,7 @@ FIELDS = (
     "progress",
     "eta",
     "state",
+    "workflow",
 )
 
 Found = tuple[dict[str, str], dict[str, Any] | None]

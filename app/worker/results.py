@@ -38,6 +38,15 @@ class ResultStore(RedisBackend):
         # and the subscriptions that would pile up in each gunicorn worker.
         return None
 
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        # For the same reason: publishing a group or a chord makes a GroupResult
+        # that waits for each member, subscribing the publishing process to every
+        # member's channel. No Errand process waits for a result (no .get(), no
+        # .then()), so none subscribes.
+        return result
+
     def _store_result(
         self,
         task_id: str,
