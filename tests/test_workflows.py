@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from kombu import Connection
 
+from app import schemas
 from app.store import keys as names
 from app.store.apikeys import create_key
 from devtools.devstack import free_port
 from tests.support import RedisServer, Worker, errand_env, make_app, runs, settle, wait_for
 
 WORKFLOWS = "/api/v1/workflows"
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 SECURED = {"AUTH_DISABLED": "false", "KEY_CACHE_SECONDS": "0"}
 
 
@@ -40,7 +43,7 @@ def wait_workflow(
 
     def reached() -> dict[str, Any] | None:
         workflow = client.get(url).json
-        assert workflow is not None
+        schemas.WorkflowResource.model_validate(workflow)  # as the OpenAPI document says
         return workflow if workflow["state"] in wanted else None
 
     return wait_for(reached, timeout, 0.05)
@@ -183,6 +186,8 @@ def test_another_keys_workflow_is_404_and_admin_sees_it(secured: Flask) -> None:
     seen = client.get(url, headers=bearer(admin))
     assert seen.status_code == 200 and seen.json["id"] == workflow["id"]
     mine = client.get(step, headers=bearer(alice)).json
+    schemas.TaskResource.model_validate(mine)
+    schemas.WorkflowResource.model_validate(seen.json)
     assert mine["links"]["workflow"] == url  # every step is an ordinary task, linked
     # A step is not retried alone (its place in the workflow is gone): 409.
     assert client.post(f"{step}/retry", headers=bearer(alice)).status_code == 409
@@ -216,6 +221,7 @@ def worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
 def create(client: FlaskClient, body: dict[str, Any]) -> str:
     response = client.post(WORKFLOWS, json=body)
     assert response.status_code == 202, response.json
+    schemas.WorkflowResource.model_validate(response.json)
     return str(response.headers["Location"])
 
 
@@ -230,6 +236,8 @@ def test_a_chain_passes_each_result_on(client: FlaskClient, worker: Worker) -> N
         "message": "3 of 3 steps finished",
     }
     steps = [client.get(t["links"]["self"]).json for t in workflow["tasks"]]
+    for step in steps:
+        schemas.TaskResource.model_validate(step)
     assert [s["result"]["total"] for s in steps] == [1, 3, 6]
     assert steps[1]["result"]["previous"] == steps[0]["result"]
     assert workflow["result"] == steps[2]["result"]
@@ -327,3 +335,24 @@ def test_cancel_stops_every_unfinished_step(keyed: FlaskClient, worker: Worker) 
     assert time.monotonic() - started < 15  # the running step was stopped, not waited for
     assert client.delete(url).status_code == 409
     assert store.zcard(names.in_flight(client.key_id)) == 0  # type: ignore[attr-defined]
+
+
+def test_chain_and_chord_on_rabbitmq(redis_server: RedisServer, stack: Any, tmp_path: Any) -> None:
+    # The machine's RabbitMQ as the broker, with a queue of its own (deleted afterwards);
+    # Redis stays the result store, where the chord is counted.
+    queue = f"errand-test-{uuid.uuid4().hex[:12]}"
+    env = {"CELERY_BROKER_URL": RABBITMQ, "TASK_QUEUE": queue}
+    try:
+        stack("worker", errand_env(redis_server.url, **env), tmp_path / "worker.log", "rabbit")
+        client = make_app(redis_server.url, **env).test_client()
+        chained = wait_workflow(client, create(client, {"chain": [add(1), add(2), add(3)]}))
+        assert chained["state"] == "SUCCESS" and chained["result"]["total"] == 6
+        body = {"group": [add(1), add(2, fail=True)], "then": add(10)}
+        failed = wait_workflow(client, create(client, body))
+        assert failed["state"] == "FAILURE"
+        final = failed["tasks"][-1]["links"]["self"]
+        wait_for(lambda: client.get(final).json["state"] == "REVOKED", 15)
+    finally:
+        with Connection(RABBITMQ, connect_timeout=5) as connection:
+            connection.default_channel.queue_delete(queue)
+            connection.default_channel.exchange_delete(queue)
