@@ -356,3 +356,16 @@ def test_chain_and_chord_on_rabbitmq(redis_server: RedisServer, stack: Any, tmp_
         with Connection(RABBITMQ, connect_timeout=5) as connection:
             connection.default_channel.queue_delete(queue)
             connection.default_channel.exchange_delete(queue)
+
+
+def test_cancelling_one_running_step_stops_the_rest(client: FlaskClient, worker: Worker) -> None:
+    url = create(client, {"chain": [add(1, seconds=20), add(2), add(3)]})
+    first = client.get(url).json["tasks"][0]["links"]["self"]
+    wait_for(lambda: client.get(first).json["state"] == "STARTED", 15)
+    assert client.delete(first).status_code == 202
+    workflow = wait_workflow(client, url)
+    assert workflow["state"] == "REVOKED" and workflow["cancelled_at"] is None
+    wait_for(lambda: [t["state"] for t in client.get(url).json["tasks"]] == ["REVOKED"] * 3, 15)
+    store = client.application.extensions["errand.redis"]
+    settle(1.0)
+    assert [runs(store, t["links"]["self"]) for t in workflow["tasks"]] == [1, 0, 0]
