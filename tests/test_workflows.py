@@ -208,6 +208,29 @@ def test_a_failed_publish_leaves_nothing(redis_server: RedisServer) -> None:
     assert stored_keys(store) == before
 
 
+def test_unknown_and_foreign_workflows_cost_the_same_redis_work(stack: Any) -> None:
+    # Counted on a quiet server of its own (no worker), as test_auth does for tasks.
+    server = stack("redis")
+    app = make_app(server.url, **SECURED, RATE_LIMIT_READ="")
+    store = app.extensions["errand.redis"]
+    alice, bob = create_key(store, "alice"), create_key(store, "bob")
+    client = app.test_client()
+    url = client.post(WORKFLOWS, json={"chain": [add(1)]}, headers=bearer(alice)).headers[
+        "Location"
+    ]
+    counter = server.client()
+
+    def commands(path: str, method: str) -> dict[str, int]:
+        client.open(path, method=method, headers=bearer(bob))  # warm the key cache equally
+        counter.config_resetstat()
+        assert client.open(path, method=method, headers=bearer(bob)).status_code == 404
+        stats = counter.info("commandstats")
+        return {k: v["calls"] for k, v in stats.items() if "resetstat" not in k}
+
+    for method in ("GET", "DELETE"):
+        assert commands(url, method) == commands(f"{WORKFLOWS}/{uuid.uuid4()}", method)
+
+
 # -- with a real worker ------------------------------------------------------------------------
 
 
