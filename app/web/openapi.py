@@ -200,6 +200,18 @@ def _components(registry: Registry) -> dict[str, Any]:
         if model.model_json_schema().get("required"):
             variant["required"] = ["task", "params"]
         found[f"Submission.{name}"] = variant
+    # A workflow's step is a submission of one of the task types, as a submit's body is.
+    workflow = found["WorkflowSubmission"]["properties"]
+    for kind in ("chain", "group"):
+        workflow[kind]["items"] = _submission(registry)
+    workflow["then"] = {**_submission(registry), "description": workflow["then"]["description"]}
+    found["WorkflowSubmission"]["oneOf"] = [
+        {
+            "required": ["chain"],
+            "not": {"anyOf": [{"required": ["group"]}, {"required": ["then"]}]},
+        },
+        {"required": ["group"], "not": {"required": ["chain"]}},
+    ]
     return found
 
 
