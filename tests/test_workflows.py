@@ -392,3 +392,21 @@ def test_cancelling_one_running_step_stops_the_rest(client: FlaskClient, worker:
     store = client.application.extensions["errand.redis"]
     settle(1.0)
     assert [runs(store, t["links"]["self"]) for t in workflow["tasks"]] == [1, 0, 0]
+
+
+def test_cancel_of_a_group_stops_its_steps_and_the_final_one(
+    client: FlaskClient, worker: Worker
+) -> None:
+    body = {"group": [add(1, seconds=20), add(2, seconds=20)], "then": add(3)}
+    url = create(client, body)
+    wait_workflow(client, url, {"STARTED", "PROGRESS"})
+    started = time.monotonic()
+    workflow = client.delete(url).json
+    assert workflow["state"] == "REVOKED"
+    assert [t["state"] for t in workflow["tasks"]] == ["REVOKED"] * 3
+    settle(1.5)
+    workflow = client.get(url).json
+    assert [t["state"] for t in workflow["tasks"]] == ["REVOKED"] * 3
+    store = client.application.extensions["errand.redis"]
+    assert runs(store, workflow["tasks"][2]["links"]["self"]) == 0
+    assert time.monotonic() - started < 15
