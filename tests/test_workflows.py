@@ -128,6 +128,28 @@ def test_bad_bodies(client: FlaskClient, app: Flask) -> None:
     assert response.content_type == "application/problem+json"
 
 
+def test_idempotency_key_gives_the_same_workflow_back(client: FlaskClient) -> None:
+    store = client.application.extensions["errand.redis"]
+    headers = {"Idempotency-Key": f'"wf-{uuid.uuid4()}"'}
+    body = {"chain": [add(1, seconds=0), add(2)]}
+    first = client.post(WORKFLOWS, json=body, headers=headers)
+    assert first.status_code == 202
+    made = stored_keys(store)
+    again = client.post(WORKFLOWS, json=body, headers=headers)
+    assert again.status_code == 202
+    assert again.json["id"] == first.json["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert stored_keys(store) == made  # nothing made twice
+    other = client.post(WORKFLOWS, json={"chain": [add(1)]}, headers=headers)
+    assert other.status_code == 422
+    assert other.json["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    # A task submit with the same key is another request space: it makes its task.
+    task = client.post("/api/v1/tasks", json=add(1), headers=headers)
+    assert task.status_code == 202
+    malformed = client.post(WORKFLOWS, json=body, headers={"Idempotency-Key": "x" * 300})
+    assert malformed.status_code == 400
+
+
 @pytest.mark.parametrize("workflow_id", [str(uuid.uuid4()), "not-an-id", "../tasks"])
 def test_unknown_workflow_is_404(client: FlaskClient, workflow_id: str) -> None:
     for method in ("GET", "DELETE"):

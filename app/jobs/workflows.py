@@ -14,6 +14,7 @@ run REVOKED.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -33,10 +34,11 @@ from app.errors import (
     StateConflict,
     StoreUnavailable,
     TaskNotFound,
+    Unprocessable,
 )
 from app.jobs.resource import FINAL_STATES, state_of
-from app.jobs.service import BROKER_ERRORS, Jobs, Principal
-from app.store import records, workflows
+from app.jobs.service import BROKER_ERRORS, KEY_REUSED, Jobs, Principal
+from app.store import keys, records, workflows
 from app.store.quotas import Quota, Usage
 from app.tasks.registry import TaskType
 from app.worker import messages
@@ -111,6 +113,17 @@ def resource(
     }
 
 
+def fingerprint(kind: str, steps: Sequence[Step], has_then: bool) -> str:
+    """What makes two workflows the same request, for an Idempotency-Key."""
+    body = {
+        "kind": kind,
+        "then": has_then,
+        "steps": [[s.task_type.name, s.params, s.options] for s in steps],
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class Workflows:
     """What a client can do with workflows; the steps go through ``Jobs``'s store and Celery."""
 
@@ -126,8 +139,12 @@ class Workflows:
         then: Step | None = None,
         request_id: str = "",
         quota: Quota | None = None,
+        idempotency_key: str | None = None,
     ) -> tuple[dict[str, Any], Usage | None]:
         """Record the workflow and all its steps, then publish it; the resource, the quota left.
+
+        An ``idempotency_key`` already used for the same workflow returns the
+        workflow it made; used for another request, it is a 422.
 
         One script counts the submit quota once, takes one place in flight per
         step (refusing the whole workflow with 429 when they do not fit) and
@@ -138,6 +155,7 @@ class Workflows:
         workflow_id = str(uuid.uuid4())
         created = time.time()
         ordered = [*steps, *([then] if then else [])]
+        digest = fingerprint(kind, ordered, then is not None)
         ids = [str(uuid.uuid4()) for _ in ordered]
         # Steps published at once (a chain's first, a group's) have a known ETA.
         at_once = {0} if kind == "chain" else set(range(len(steps)))
@@ -154,6 +172,10 @@ class Workflows:
             for i, (task_id, step) in enumerate(zip(ids, ordered, strict=True))
         ]
         owner = principal.key_id
+        claim = None
+        if idempotency_key is not None:  # per owner, and apart from the keys of task submits
+            scoped = f"{owner}\0workflow\0{idempotency_key}"
+            claim = (keys.idempotency(hashlib.sha256(scoped.encode()).hexdigest()), digest)
         deadline_us = int((created + self.jobs.script_deadline_s) * 1_000_000)
         try:
             done = workflows.create(
@@ -167,12 +189,18 @@ class Workflows:
                 steps=recorded,
                 quota=quota,
                 in_flight_cap=self.jobs.in_flight_limit,
+                idempotency=claim,
+                idempotency_ttl=self.jobs.idempotency_ttl,
             )
         except redis.RedisError as exc:
             log.warning("workflow %s: task store unreachable: %r", workflow_id, exc)
             raise StoreUnavailable("the task store did not answer in time") from exc
         if done.verdict == "rate" and quota is not None and done.usage is not None:
             raise RateLimited(quota.name, quota.amount, quota.window, done.usage.reset)
+        if done.verdict == "existing":
+            return self.status(principal, done.existing_id), done.usage
+        if done.verdict == "conflict":
+            raise Unprocessable("this Idempotency-Key was used for a different request", KEY_REUSED)
         if done.verdict == "inflight":
             raise self.jobs._too_many_in_flight()
         if done.verdict != "ok":

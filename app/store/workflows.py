@@ -36,8 +36,9 @@ class Step:
 class Created:
     """What ``create`` did: ``verdict`` is one of ``create_workflow.lua``'s answers."""
 
-    verdict: str  # ok, rate, inflight, late, exists
+    verdict: str  # ok, existing, conflict, rate, inflight, late, exists
     usage: Usage | None = None
+    existing_id: str = ""
 
 
 def _step_keys(owner: str, steps: Sequence[Step]) -> list[str]:
@@ -60,14 +61,18 @@ def create(
     steps: Sequence[Step],
     quota: Quota | None,
     in_flight_cap: int,
+    idempotency: tuple[str, str] | None = None,
+    idempotency_ttl: int = 0,
 ) -> Created:
-    """Count, check the in-flight cap, and write the workflow and its steps; all or nothing."""
+    """Count, claim the Idempotency-Key, check the in-flight cap, and write the workflow and
+    its steps; all or nothing. ``idempotency`` is (key, the request's fingerprint)."""
     names = [
         quota.key if quota else "",
         keys.in_flight(owner) if owner else "",
         keys.workflow(workflow_id),
         keys.INDEX,
         keys.owner_index(owner) if owner else "",
+        idempotency[0] if idempotency else "",
         *_step_keys(owner, steps),
     ]
     args: list[Any] = [
@@ -82,15 +87,19 @@ def create(
         owner,
         kind,
         "then" if has_then else "",
+        idempotency[1] if idempotency else "",
+        idempotency_ttl,
+        keys.WORKFLOW_PREFIX,
     ]
     for step in steps:
         args += [step.task_id, step.task_name, step.params_json, step.options_json, step.eta]
     answer = scripts.CREATE_WORKFLOW(client, names, *args)
     verdict = answer[0].decode()
     usage = None
-    if quota is not None and verdict in {"ok", "rate"}:
-        usage = Usage(verdict == "ok", int(answer[1]), max(int(answer[2]), 0))
-    return Created(verdict, usage)
+    if quota is not None and verdict in {"ok", "existing", "rate"}:
+        usage = Usage(verdict != "rate", int(answer[1]), max(int(answer[2]), 0))
+    existing = answer[3].decode() if verdict == "existing" else ""
+    return Created(verdict, usage, existing)
 
 
 def abort(client: redis.Redis, workflow_id: str, owner: str, steps: Sequence[Step]) -> int:

@@ -247,6 +247,14 @@ def _workflow_paths() -> dict[str, Any]:
     not_found = _problem(
         "No such workflow: unknown, expired, or another key's (all three answer alike)."
     )
+    idempotency_key = _param(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "pattern": '^(?!""$)(?:"[ -~]{1,255}"|[ -~]{1,255})$'},
+        "As on POST /api/v1/tasks: the same key with the same workflow (after validation) "
+        "answers the workflow the first one made (202, same id); with another, 422. Apart from "
+        "the keys of task submits.",
+    )
     return {
         "/api/v1/workflows": {
             "post": {
@@ -259,16 +267,26 @@ def _workflow_paths() -> dict[str, Any]:
                 "links.workflow. The workflow counts once against RATE_LIMIT_SUBMIT and each "
                 "step against IN_FLIGHT_LIMIT: a workflow that does not fit is refused whole "
                 "(429). A 202 is on the broker; any other answer left nothing behind.",
+                "parameters": [idempotency_key],
                 "requestBody": {
                     "required": True,
                     "content": {JSON: {"schema": _ref("WorkflowSubmission")}},
                 },
                 "responses": {
-                    "202": _workflow("Accepted: the new workflow, every step PENDING.", True),
-                    "400": _problem("The body is not a JSON object."),
+                    "202": _workflow(
+                        "Accepted: the new workflow, every step PENDING (with a repeated "
+                        "Idempotency-Key, the one it made first).",
+                        True,
+                    ),
+                    "400": _problem(
+                        "The body is not a JSON object, or the Idempotency-Key is malformed."
+                    ),
                     "413": _problem("The body is larger than MAX_CONTENT_LENGTH (1 MiB)."),
                     "415": _problem("The body is not application/json."),
-                    "422": _problem("The workflow or a step is not valid (each named in errors)."),
+                    "422": _problem(
+                        "The workflow or a step is not valid (each named in errors), or an "
+                        "Idempotency-Key used before with another workflow."
+                    ),
                 },
             },
         },

@@ -18,7 +18,15 @@ from app.schemas import WorkflowStep
 from app.tasks.registry import Registry
 from app.web.auth import current
 from app.web.limits import quota, spent
-from app.web.tasks import LARGE_BODY, _errors, json_object, off_the_loop, task_id_or_404, task_types
+from app.web.tasks import (
+    LARGE_BODY,
+    _errors,
+    idempotency_key,
+    json_object,
+    off_the_loop,
+    task_id_or_404,
+    task_types,
+)
 
 bp = Blueprint("workflows", __name__, url_prefix="/api/v1")
 
@@ -100,6 +108,7 @@ def workflow_response(
 
 @bp.post("/workflows")
 def create() -> Response:
+    key = idempotency_key()
     body = json_object()
     registry, max_steps = task_types(), current_app.config["WORKFLOW_MAX_STEPS"]
     if g.get("body_size", 0) > LARGE_BODY:
@@ -108,7 +117,7 @@ def create() -> Response:
         kind, steps, then = parse(body, registry, max_steps)
     limit = quota("submit")
     workflow, usage = workflows().create(
-        current(), kind, steps, then, g.get("request_id", ""), quota=limit
+        current(), kind, steps, then, g.get("request_id", ""), quota=limit, idempotency_key=key
     )
     if limit is not None:
         spent(limit, usage)
