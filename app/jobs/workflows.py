@@ -204,10 +204,16 @@ class Workflows:
         if done.verdict == "inflight":
             raise self.jobs._too_many_in_flight()
         if done.verdict != "ok":
-            log.error("workflow %s: Redis ran it past the deadline (hung, or clock skew)", kind)
+            log.error(
+                "workflow %s: Redis ran it past the deadline (hung, or clock skew)", workflow_id
+            )
             raise StoreUnavailable("the task store did not answer in time")
+        # What follows another step: a chain's every step but the first, a group's then.
+        follows = (
+            set(range(1, len(ordered))) if kind == "chain" else {len(steps)} if then else set()
+        )
         signatures = [
-            self._signature(step, task_id, request_id, takes_previous=i > 0)
+            self._signature(step, task_id, request_id, takes_previous=i in follows)
             for i, (task_id, step) in enumerate(zip(ids, ordered, strict=True))
         ]
         try:
