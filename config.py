@@ -194,6 +194,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AUTH_FAILURE_LIMIT": _rate(env, "AUTH_FAILURE_LIMIT", "30 per minute"),
         "IN_FLIGHT_LIMIT": _int(env, "IN_FLIGHT_LIMIT", 1000, low=1),
         "IN_FLIGHT_RETRY_AFTER": _int(env, "IN_FLIGHT_RETRY_AFTER", 5, low=1),
+        "WORKFLOW_MAX_STEPS": _int(env, "WORKFLOW_MAX_STEPS", 100, low=1),
         "CORS_ORIGINS": origins,
         "WORKER_SHUTDOWN_GRACE": _float(env, "WORKER_SHUTDOWN_GRACE", 25.0),
         "PRUNE_INTERVAL": _int(env, "PRUNE_INTERVAL", 3600, low=1),

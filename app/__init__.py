@@ -11,6 +11,7 @@ from app import cli, log, metrics, store, web
 from app.extensions import mail
 from app.jobs import Jobs
 from app.jobs.schedules import Schedules
+from app.jobs.workflows import Workflows
 from app.tasks import BUILT_IN, registry
 from app.worker import celery_init_app
 
@@ -35,6 +36,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     celery_app = celery_init_app(app)  # also registers errand's own periodic jobs
     jobs = app.extensions["errand.jobs"] = Jobs(client, celery_app, task_types, app.config)
     app.extensions["errand.schedules"] = Schedules(client, jobs, task_types, app.config)
+    app.extensions["errand.workflows"] = Workflows(jobs)
     metrics.init_app(app)
     web.init_app(app)
     cli.init_app(app)

@@ -44,6 +44,42 @@ class Submission(BaseModel):
     )
 
 
+class WorkflowStep(BaseModel):
+    """One step of a workflow: a task, validated as a submit is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    task: str = Field(description="a name from /api/v1/task-types")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="validated against the task type's params_schema"
+    )
+    options: Options = Field(default_factory=Options)
+
+
+class WorkflowSubmission(BaseModel):
+    """The body of ``POST /api/v1/workflows``: a chain, or a group with an optional final step."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    chain: list[WorkflowStep] = Field(
+        None,
+        min_length=1,
+        description="steps run one after another; each gets the previous result if its type "
+        "accepts_previous. Exactly one of chain and group.",
+        json_schema_extra=lambda s: s.pop("default", None),
+    )
+    group: list[WorkflowStep] = Field(
+        None,
+        min_length=1,
+        description="steps run at once. Exactly one of chain and group.",
+        json_schema_extra=lambda s: s.pop("default", None),
+    )
+    then: WorkflowStep = Field(
+        None,
+        description="with a group only: runs after every group step succeeded, with the list "
+        "of their results",
+        json_schema_extra=lambda s: s.pop("default", None),
+    )
+
+
 class Filters(BaseModel):
     """The query of ``GET /api/v1/tasks``."""
 
@@ -77,6 +113,7 @@ Timestamp = Annotated[
     ),
 ]
 TaskPath = Annotated[str, Field(pattern=r"^/api/v1/tasks/[0-9a-f-]{36}$")]
+WorkflowPath = Annotated[str, Field(pattern=r"^/api/v1/workflows/[0-9a-f-]{36}$")]
 
 
 class Progress(Answer):
@@ -106,6 +143,11 @@ class Links(Answer):
     )
     retried_by: TaskPath = Field(
         None, description="the task that resubmitted this one", json_schema_extra=_absent_when_unset
+    )
+    workflow: WorkflowPath = Field(
+        None,
+        description="the workflow this task is a step of",
+        json_schema_extra=_absent_when_unset,
     )
 
 
@@ -179,12 +221,57 @@ class TaskType(Answer):
     name: str
     description: str
     params_schema: dict[str, Any] = Field(description="the JSON Schema its params must match")
+    accepts_previous: bool = Field(
+        description="in a workflow, it gets the previous step's result (a group's final step: "
+        "the list of results)"
+    )
 
 
 class TaskTypeList(Answer):
     """Every task type, by name."""
 
     items: list[TaskType]
+
+
+class TaskLink(Answer):
+    """A task's own address."""
+
+    self: TaskPath
+
+
+class WorkflowTask(Answer):
+    """A step of a workflow, in short: GET its links.self for all of it."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    task: str | None = Field(description="the task type's name")
+    state: State
+    links: TaskLink
+
+
+class WorkflowLinks(Answer):
+    """The workflow's own address."""
+
+    self: WorkflowPath
+
+
+class WorkflowResource(Answer):
+    """A workflow: what ``GET /api/v1/workflows/{workflow_id}`` answers."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    kind: Literal["chain", "group"]
+    state: State = Field(
+        description="PENDING until a step starts; STARTED (PROGRESS if a step reports it) while "
+        "any runs; SUCCESS when every step did; FAILURE when a step failed; REVOKED when it "
+        "was cancelled (or a step was)"
+    )
+    progress: Progress = Field(description="steps final / all steps")
+    tasks: list[WorkflowTask] = Field(description="every step in order; a group's then step last")
+    result: Any = Field(
+        description="on SUCCESS: the last step's result (a group without then: every result)"
+    )
+    created_at: Timestamp
+    cancelled_at: Timestamp | None = Field(description="when it was cancelled")
+    links: WorkflowLinks
 
 
 class ValidationErrorItem(Answer):

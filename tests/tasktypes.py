@@ -62,4 +62,22 @@ def flaky(params: Flaky) -> dict[str, int]:
     return {"runs": runs}
 
 
-task_types = [sleep, echo, flaky]
+class Add(Params):
+    value: int
+    fail: bool = False
+    seconds: float = Field(0, ge=0, le=30)
+
+
+@task_type("test.add", Add, accepts_previous=True)
+def add(params: Add, previous: object = None) -> dict[str, object]:
+    """Sleep, then add the value to the previous result (or to the sum of a group's)."""
+    count_run()
+    time.sleep(params.seconds)
+    if params.fail:
+        raise ValueError(f"asked to fail with {params.value}")
+    found = previous if isinstance(previous, list) else [previous]
+    total = sum(p["total"] for p in found if isinstance(p, dict)) + params.value
+    return {"total": total, "previous": previous}
+
+
+task_types = [sleep, echo, flaky, add]

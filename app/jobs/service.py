@@ -333,6 +333,8 @@ class Jobs:
         retry made (as an Idempotency-Key would).
         """
         task = self.status(principal, task_id)
+        if "workflow" in task["links"]:  # its place in the workflow cannot be run again alone
+            raise StateConflict("a workflow's step is not retried alone: submit the workflow again")
         if "retried_by" in task["links"]:
             return self.status(principal, task["links"]["retried_by"].rsplit("/", 1)[-1])
         if task["state"] not in {"FAILURE", "REVOKED"}:
@@ -379,18 +381,23 @@ class Jobs:
         task = self.status(principal, task_id)
         if task["state"] in FINAL_STATES:
             raise StateConflict(f"task {task_id} is already {task['state']}")
+        self.revoke([task_id])
+        return self.status(principal, task_id)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Cancel tasks the caller may cancel: kept in each record, REVOKED, stopped where run."""
         try:
-            records.revoke(self.client, task_id)
-            self.celery_app.backend.mark_as_revoked(task_id, "cancelled by the client")
+            for task_id in task_ids:
+                records.revoke(self.client, task_id)
+                self.celery_app.backend.mark_as_revoked(task_id, "cancelled by the client")
         except redis.RedisError as exc:
             raise StoreUnavailable(f"could not cancel: {exc}") from exc
         try:
             # terminate=True also stops a task that started in the meantime; a
             # worker that is down now sees the cancel in the record when it starts.
-            self.celery_app.control.revoke(task_id, terminate=True)
+            self.celery_app.control.revoke(task_ids, terminate=True)
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"could not cancel: {exc}") from exc
-        return self.status(principal, task_id)
 
     def list(
         self,

@@ -7,6 +7,7 @@ module writes each.
 from __future__ import annotations
 
 RECORD_PREFIX = "errand:task:"
+WORKFLOW_PREFIX = "errand:workflow:"
 INDEX = "errand:index"
 BY_STATE_PREFIX = "errand:bystate:"
 IN_FLIGHT_PREFIX = "errand:inflight:"
@@ -23,6 +24,11 @@ RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend names resul
 def record(task_id: str) -> str:
     """A task's record."""
     return RECORD_PREFIX + task_id
+
+
+def workflow(workflow_id: str) -> str:
+    """A workflow's record: its kind, owner and steps (``app.store.workflows``)."""
+    return WORKFLOW_PREFIX + workflow_id
 
 
 def result(task_id: str) -> str:

@@ -50,4 +50,16 @@ def demo_progress(params: DemoProgress) -> dict[str, int]:
     return {"steps": params.steps}
 
 
-task_types = [demo_progress]
+class DemoSum(Params):
+    add: float = Field(0, ge=-1e9, le=1e9, description="a number to add to the previous result")
+
+
+@task_type("demo.sum", DemoSum, accepts_previous=True)
+def demo_sum(params: DemoSum, previous: object = None) -> float:
+    """Add a number to the previous workflow step's result (or to the sum of a group's results)."""
+    found = previous if isinstance(previous, list) else [previous]
+    numbers = [n for n in found if isinstance(n, int | float) and not isinstance(n, bool)]
+    return sum(numbers) + params.add
+
+
+task_types = [demo_progress, demo_sum]

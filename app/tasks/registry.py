@@ -14,6 +14,13 @@ Schema listed at ``/api/v1/task-types``; a module lists its types in
         return {"width": params.width}
 
     task_types = [resize]
+
+In a workflow (``POST /api/v1/workflows``) a step after another gets that
+step's result only if its type says ``accepts_previous=True``: the function is
+then called as ``func(params, previous=...)``, with the previous step's return
+value (a list of every result for a group's final step), or None when the
+task was submitted on its own. Other types run after the step before them and
+never see its result.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from app.errors import Unprocessable
 P = TypeVar("P", bound=BaseModel)
 
 
-def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def validation_errors(
+    exc: ValidationError, prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, Any]]:
     """Pydantic's errors as the contract's ``errors``: where, and a plain message."""
     return [
         {"loc": [*prefix, *e["loc"]], "msg": e["msg"].removeprefix("Value error, ")}
@@ -61,6 +70,8 @@ class TaskType:
     # Checks that need more than the params model (e.g. rendering templates for every
     # recipient), run at submit: a list of errors ({"loc", "msg"}), empty when all is well.
     check: Callable[[Any], list[dict[str, Any]]] | None = None
+    # In a workflow, called with the previous step's result as ``previous=``.
+    accepts_previous: bool = False
 
     def validate(self, raw: dict[str, Any]) -> BaseModel:
         """The params of a submit validated and checked (``check``), or a 422 saying where."""
@@ -82,6 +93,7 @@ class TaskType:
             "name": self.name,
             "description": self.description,
             "params_schema": self.params.model_json_schema(),
+            "accepts_previous": self.accepts_previous,
         }
 
 
@@ -92,15 +104,19 @@ def task_type(
     name: str,
     params: type[P],
     check: Callable[[P], list[dict[str, Any]]] | None = None,
+    accepts_previous: bool = False,
     **celery_options: Any,
-) -> Callable[[Callable[[P], Any]], TaskType]:
+) -> Callable[[Callable[..., Any]], TaskType]:
     """Declare a task type from a function that takes its validated params.
 
-    ``check``, if given, runs at submit after the params validated (see ``TaskType``).
+    ``check``, if given, runs at submit after the params validated (see ``TaskType``);
+    ``accepts_previous``: the function takes a workflow's previous result as ``previous=``.
     """
 
-    def declare(func: Callable[[P], Any]) -> TaskType:
-        def run(self: Task, raw: dict[str, Any]) -> Any:
+    def declare(func: Callable[..., Any]) -> TaskType:
+        def run(self: Task, *args: Any) -> Any:
+            # Celery's chain and chord put the previous result before the params.
+            *before, raw = args
             # Validated again, as nothing from the broker is trusted; a check that
             # costs much and is repeated where the work is done may skip itself here.
             try:
@@ -108,13 +124,15 @@ def task_type(
             except ValidationError as exc:  # say where, never the values (they are logged)
                 places = ", ".join(".".join(map(str, e["loc"])) or "params" for e in exc.errors())
                 raise InvalidParams(f"params are not valid for {name}: {places}") from None
+            if accepts_previous:
+                return func(checked, previous=before[0] if before else None)
             return func(checked)
 
         run.__name__ = func.__name__
         run.__doc__ = func.__doc__
         task = shared_task(name=name, bind=True, errand_record=True, **celery_options)(run)
         description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        return TaskType(name, description, params, task, check)
+        return TaskType(name, description, params, task, check, accepts_previous)
 
     return declare
 

@@ -17,6 +17,7 @@ from app.web import (
     schedules,
     security,
     tasks,
+    workflows,
 )
 
 
@@ -52,6 +53,7 @@ def init_app(app: Flask) -> None:
     security.init_app(app)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(schedules.bp)
+    app.register_blueprint(workflows.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

@@ -1,10 +1,11 @@
 """Per-key rate limits, counted in Redis, with the IETF draft's RateLimit headers.
 
-Submits spend ``RATE_LIMIT_SUBMIT``; every other request that needs a key
-spends ``RATE_LIMIT_READ``. The submit and status routes count inside the one
-script they run (``submit.lua``, ``status.lua``); every other route counts here,
-before its view (``hit.lua``). Windows live in Redis, so a limit holds across
-gunicorn workers and machines. Every limited answer carries
+Submits (a workflow once) spend ``RATE_LIMIT_SUBMIT``; every other request
+that needs a key spends ``RATE_LIMIT_READ``. The submit, status and workflow
+routes count inside the one script they run (``submit.lua``, ``status.lua``,
+``create_workflow.lua``); every other route counts here, before its view
+(``hit.lua``). Windows live in Redis, so a limit holds across gunicorn workers
+and machines. Every limited answer carries
 ``RateLimit-Policy`` and ``RateLimit`` as in "RateLimit header fields for HTTP";
 a 429 also ``Retry-After``. The cap on tasks in flight is in ``app.jobs``.
 """
@@ -24,7 +25,7 @@ from app.web.auth import PUBLIC
 
 log = logging.getLogger(__name__)
 
-COUNTED_IN_SCRIPT = {"tasks.submit", "tasks.status"}
+COUNTED_IN_SCRIPT = {"tasks.submit", "tasks.status", "workflows.create"}
 SETTINGS = {"submit": "RATE_LIMIT_SUBMIT", "read": "RATE_LIMIT_READ"}
 
 

@@ -31,6 +31,8 @@ METRICS_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what /metrics sends: Prometheus 2 and
 # Every model an answer or a request body names; the models they use come along.
 MODELS: list[type[BaseModel]] = [
     schemas.Submission,
+    schemas.WorkflowSubmission,
+    schemas.WorkflowResource,
     schemas.TaskResource,
     schemas.TaskList,
     schemas.TaskTypeList,
@@ -202,6 +204,18 @@ def _components(registry: Registry) -> dict[str, Any]:
         if model.model_json_schema().get("required"):
             variant["required"] = ["task", "params"]
         found[f"Submission.{name}"] = variant
+    # A workflow's step is a submission of one of the task types, as a submit's body is.
+    workflow = found["WorkflowSubmission"]["properties"]
+    for kind in ("chain", "group"):
+        workflow[kind]["items"] = _submission(registry)
+    workflow["then"] = {**_submission(registry), "description": workflow["then"]["description"]}
+    found["WorkflowSubmission"]["oneOf"] = [
+        {
+            "required": ["chain"],
+            "not": {"anyOf": [{"required": ["group"]}, {"required": ["then"]}]},
+        },
+        {"required": ["group"], "not": {"required": ["chain"]}},
+    ]
     return found
 
 
@@ -252,6 +266,94 @@ def _webhook() -> dict[str, Any]:
                 },
             },
         }
+    }
+
+
+def _workflow(description: str, created: bool = False) -> dict[str, Any]:
+    """A workflow resource answer; Retry-After: 1 until its state is final."""
+    answer = _answer(description, _ref("WorkflowResource"), headers=("Retry-After",))
+    if created:
+        answer["headers"]["Location"] = {
+            "description": "The new workflow's address.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^/api/v1/workflows/[0-9a-f-]{36}$"},
+        }
+    return answer
+
+
+def _workflow_paths() -> dict[str, Any]:
+    """The routes of ``app.web.workflows``."""
+    workflow_id = _param(
+        "workflow_id", "path", {"type": "string", "format": "uuid"}, "the workflow's id"
+    )
+    workflow_id["required"] = True
+    not_found = _problem(
+        "No such workflow: unknown, expired, or another key's (all three answer alike)."
+    )
+    idempotency_key = _param(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "pattern": '^(?!""$)(?:"[ -~]{1,255}"|[ -~]{1,255})$'},
+        "As on POST /api/v1/tasks: the same key with the same workflow (after validation) "
+        "answers the workflow the first one made (202, same id); with another, 422. Apart from "
+        "the keys of task submits.",
+    )
+    return {
+        "/api/v1/workflows": {
+            "post": {
+                "operationId": "createWorkflow",
+                "tags": ["workflows"],
+                "summary": "Run tasks as a chain, or as a group with a final step",
+                "description": "Every step is validated as a submit is (every error at once, "
+                'with its place, e.g. ["chain", 2, "params", "to"]); at most '
+                "WORKFLOW_MAX_STEPS steps (then included). Each step is an ordinary task, with "
+                "links.workflow. The workflow counts once against RATE_LIMIT_SUBMIT and each "
+                "step against IN_FLIGHT_LIMIT: a workflow that does not fit is refused whole "
+                "(429). A 202 is on the broker; any other answer left nothing behind.",
+                "parameters": [idempotency_key],
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("WorkflowSubmission")}},
+                },
+                "responses": {
+                    "202": _workflow(
+                        "Accepted: the new workflow, every step PENDING (with a repeated "
+                        "Idempotency-Key, the one it made first).",
+                        True,
+                    ),
+                    "400": _problem(
+                        "The body is not a JSON object, or the Idempotency-Key is malformed."
+                    ),
+                    "413": _problem("The body is larger than MAX_CONTENT_LENGTH (1 MiB)."),
+                    "415": _problem("The body is not application/json."),
+                    "422": _problem(
+                        "The workflow or a step is not valid (each named in errors), or an "
+                        "Idempotency-Key used before with another workflow."
+                    ),
+                },
+            },
+        },
+        "/api/v1/workflows/{workflow_id}": {
+            "parameters": [workflow_id],
+            "get": {
+                "operationId": "getWorkflow",
+                "tags": ["workflows"],
+                "summary": "A workflow's state, progress and steps",
+                "responses": {"200": _workflow("The workflow."), "404": not_found},
+            },
+            "delete": {
+                "operationId": "cancelWorkflow",
+                "tags": ["workflows"],
+                "summary": "Cancel a workflow",
+                "description": "Every step that has not finished is cancelled as DELETE "
+                "/api/v1/tasks/{task_id} cancels a task; steps not published yet never start.",
+                "responses": {
+                    "202": _workflow("The workflow, REVOKED (or FAILURE, if a step had failed)."),
+                    "404": not_found,
+                    "409": _problem("Every step is final already."),
+                },
+            },
+        },
     }
 
 
@@ -671,7 +773,11 @@ def _complete(paths: dict[str, Any]) -> None:
 def document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``, with its task types."""
     registry: Registry = app.extensions["errand.task_types"]
-    paths = {**_paths(registry, app.config["METRICS_PUBLIC"]), **_schedule_paths()}
+    paths = {
+        **_paths(registry, app.config["METRICS_PUBLIC"]),
+        **_schedule_paths(),
+        **_workflow_paths(),
+    }
     _complete(paths)
     return {
         "openapi": "3.1.0",
@@ -686,6 +792,7 @@ def document(app: Flask) -> dict[str, Any]:
         },
         "tags": [
             {"name": "tasks", "description": "Submit, watch, cancel and retry jobs."},
+            {"name": "workflows", "description": "Tasks as a chain, or a group and a final step."},
             {"name": "task types", "description": "What can be submitted."},
             {"name": "schedules", "description": "Periodic jobs; each run is a task."},
             {"name": "operations", "description": "What operators watch (admin keys)."},

@@ -120,14 +120,14 @@ def idempotency_key() -> str | None:
     return value
 
 
-def task_id_or_404(task_id: str) -> str:
+def task_id_or_404(task_id: str, kind: str = "task") -> str:
     """Ids are UUIDs the server made; anything else is unknown without asking Redis."""
     try:
         if str(uuid.UUID(task_id)) == task_id:
             return task_id
     except ValueError:
         pass
-    raise TaskNotFound(f"no task {task_id}")
+    raise TaskNotFound(f"no {kind} {task_id}")
 
 
 def task_response(

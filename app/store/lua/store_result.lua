@@ -6,7 +6,10 @@
   state but PROGRESS counts in the metrics (per task type), and a run's time in
   the run-time histogram. A SUCCESS already stored is never overwritten (as
   Celery's own backend does, but without its extra GET), and a record that does
-  not exist (an id this API never issued) is not created.
+  not exist (an id this API never issued) is not created. A step of a workflow
+  that becomes final counts down the workflow's open steps and keeps no expiry
+  of its own; the last one gives the workflow and every step the records'
+  lifetime together.
 
   Input:
     KEYS[1]  Celery's result           celery-task-meta-<id>
@@ -25,6 +28,7 @@
     ARGV[9]  the run-time bucket ('0.01', ..., '+Inf'), or '' when no run ended
     ARGV[10] the run time, seconds
     ARGV[11] the by-state index prefix  errand:bystate:
+    ARGV[12] the workflow key prefix    errand:workflow:
 
   Output:
     2  stored, the task's first final state, and it has a callback_url: its
@@ -33,6 +37,25 @@
     0  a SUCCESS was stored already: nothing changed
 ]]
 --- @include "set_state"
+
+-- A workflow's steps live until its last one is final; then the workflow and all
+-- its steps (records and results) get the records' lifetime together.
+local function close_step(workflow, first_final)
+  local open = tonumber(redis.call('HGET', workflow, 'open') or '0')
+  if first_final then open = redis.call('HINCRBY', workflow, 'open', -1) end
+  if open > 0 then
+    redis.call('PERSIST', KEYS[1])  -- the result too lives until the workflow ends
+    return
+  end
+  if tonumber(ARGV[5]) == 0 then return end
+  local record_prefix = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[7])
+  local result_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[7])
+  for id in string.gmatch(redis.call('HGET', workflow, 'tasks') or '', '[^,]+') do
+    redis.call('EXPIRE', record_prefix .. id, ARGV[5])
+    redis.call('EXPIRE', result_prefix .. id, ARGV[5])
+  end
+  redis.call('EXPIRE', workflow, ARGV[5])
+end
 
 local current = redis.call('GET', KEYS[1])
 if current and string.find(string.sub(current, 1, 100), '"status":%s*"SUCCESS"') then
@@ -67,7 +90,12 @@ if task then
   elseif ARGV[6] == 'final' then
     local owner = redis.call('HGET', KEYS[2], 'owner')
     if owner then redis.call('ZREM', ARGV[8] .. owner, ARGV[7]) end
-    if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+    local workflow = redis.call('HGET', KEYS[2], 'workflow')
+    if workflow and redis.call('EXISTS', ARGV[12] .. workflow) == 1 then
+      close_step(ARGV[12] .. workflow, first_final)
+    elseif tonumber(ARGV[5]) > 0 then
+      redis.call('EXPIRE', KEYS[2], ARGV[5])
+    end
   end
   if first_final and redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then return 2 end
 end
