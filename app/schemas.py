@@ -25,6 +25,19 @@ class Options(BaseModel):
     )
 
 
+def callback_url_field(what: str, **extra: Any) -> Any:
+    """A ``callback_url``: where ``what`` is POSTed, checked as a submit's is."""
+    return Field(
+        None,
+        max_length=2048,
+        description="http or https, no user name or password: " + what + " is POSTed here, "
+        "signed (see the Errand-Signature header); no loopback, private, link-local, "
+        "multicast or reserved address unless WEBHOOK_ALLOW_PRIVATE",
+        json_schema_extra=extra.pop("json_schema_extra", {"format": "uri"}),
+        **extra,
+    )
+
+
 class Submission(BaseModel):
     """The body of ``POST /api/v1/tasks``."""
 
@@ -77,6 +90,9 @@ class WorkflowSubmission(BaseModel):
         description="with a group only: runs after every group step succeeded, with the list "
         "of their results",
         json_schema_extra=lambda s: s.pop("default", None),
+    )
+    callback_url: str | None = callback_url_field(
+        "the final workflow resource (SUCCESS, FAILURE or REVOKED), once,"
     )
 
 
@@ -272,6 +288,9 @@ class WorkflowResource(Answer):
     created_at: Timestamp
     cancelled_at: Timestamp | None = Field(description="when it was cancelled")
     links: WorkflowLinks
+    callback: Callback | None = Field(
+        description="where its webhook stands; null when it was made without a callback_url"
+    )
 
 
 class ValidationErrorItem(Answer):
@@ -392,6 +411,12 @@ class ScheduleCreate(BaseModel):
     timezone: str | None = TIMEZONE
     interval: int | None = INTERVAL
     paused: bool = Field(False, description="a paused schedule makes no runs")
+    callback_url: str | None = callback_url_field("each run's final task resource")
+
+
+def _removable_uri(schema: dict[str, Any]) -> None:
+    _absent_when_unset(schema)
+    schema["format"] = "uri"
 
 
 class SchedulePatch(BaseModel):
@@ -408,6 +433,12 @@ class SchedulePatch(BaseModel):
     timezone: str = Field(None, max_length=64, json_schema_extra=_absent_when_unset)
     interval: int = Field(None, ge=1, le=365 * 24 * 3600, json_schema_extra=_absent_when_unset)
     paused: bool = Field(None, json_schema_extra=_absent_when_unset)
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="as at create; null removes it (runs made later have no webhook)",
+        json_schema_extra=_removable_uri,
+    )
 
 
 class ScheduleFilters(BaseModel):
@@ -448,6 +479,9 @@ class ScheduleResource(Answer):
     last_error: str | None = Field(
         description="why the last due run was not made (the owner's in-flight cap, a revoked "
         "key); cleared by the next run that is made"
+    )
+    callback_url: str | None = Field(
+        description="each run's final task resource is POSTed here; null without one"
     )
     links: ScheduleLinks
 

@@ -10,7 +10,9 @@ When it runs: first at the crontab's next time after it was made (or resumed,
 or its timing changed), or one interval after; then at each time after the
 last run. A run missed while beat was down is made once, as soon as beat is
 back (celery's ``is_due`` compares the last run with now): never once per
-missed time. A paused schedule makes no runs and catches none up.
+missed time. A paused schedule makes no runs and catches none up. A schedule's
+``callback_url`` goes with every run, as a submit's would: each run's final task
+resource is POSTed to it.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ from app.errors import (
 )
 from app.jobs.resource import encode_cursor
 from app.jobs.service import PAGE_BYTES, Jobs, Principal
-from app.store import apikeys, keys
+from app.store import apikeys, keys, webhooks
 from app.store import schedules as store
 from app.tasks.registry import Registry, TaskType
+from app.webhooks import url_problem
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class Spec:
     timezone: str | None = None
     interval: int | None = None
     paused: bool = False
+    callback_url: str | None = None
 
     def timing(self) -> BaseSchedule:
         """The Celery schedule (the spec must have been checked)."""
@@ -176,7 +180,16 @@ def spec_of(record: Mapping[str, str]) -> Spec:
         timezone=record.get("timezone"),
         interval=int(record["interval"]) if record.get("interval") else None,
         paused=record.get("paused") == "1",
+        callback_url=record.get("callback_url") or None,
     )
+
+
+def run_fields(schedule_id: str, spec: Spec) -> dict[str, str]:
+    """The record fields of a run: its schedule, and the schedule's webhook if it has one."""
+    fields = {"schedule": schedule_id}
+    if spec.callback_url is not None:
+        fields.update(webhooks.submit_fields(spec.callback_url))
+    return fields
 
 
 def resource(schedule_id: str, record: Mapping[str, str], meta: str | None) -> dict[str, Any]:
@@ -207,6 +220,7 @@ def resource(schedule_id: str, record: Mapping[str, str], meta: str | None) -> d
         "next_run_at": next_at,
         "last_run_at": record.get("last_run_at"),
         "last_error": record.get("last_error"),
+        "callback_url": spec.callback_url,
         "links": links,
     }
 
@@ -220,12 +234,23 @@ class Schedules:
         self.client, self.jobs, self.task_types = client, jobs, task_types
         self.limit = int(settings["SCHEDULE_LIMIT"])
         self.min_interval = int(settings["SCHEDULE_MIN_INTERVAL"])
+        self.webhook_rules = (
+            bool(settings.get("WEBHOOK_ALLOW_PRIVATE", False)),
+            frozenset(settings.get("WEBHOOK_ALLOWED_HOSTS", ())),
+        )
 
     # -- for clients ----------------------------------------------------------------------------
 
     def check(self, spec: Spec, validate: Validate) -> Spec:
-        """The spec with its params validated (``validate``), or a 422 naming what is wrong."""
+        """The spec with its params validated (``validate``), or a 422 naming what is wrong.
+
+        A ``callback_url`` is checked as a submit's is (``url_problem``).
+        """
         errors = timing_errors(spec, self.min_interval)
+        if spec.callback_url is not None:
+            problem = url_problem(spec.callback_url, *self.webhook_rules)
+            if problem:
+                errors.append({"loc": ["callback_url"], "msg": problem})
         task_type = self.task_types.get(spec.task)
         if task_type is None:
             names = ", ".join(sorted(self.task_types))
@@ -341,7 +366,7 @@ class Schedules:
                 params,
                 spec.options,
                 request_id=uuid.uuid4().hex,
-                fields={"schedule": schedule_id},
+                fields=run_fields(schedule_id, spec),
             )
         except ErrandError as exc:
             log.warning("schedule %s: run skipped: %s", schedule_id, exc.detail)
@@ -424,6 +449,7 @@ class Schedules:
             "timezone": (spec.timezone or "UTC") if spec.crontab is not None else False,
             "interval": str(spec.interval) if spec.interval is not None else False,
             "paused": "1" if spec.paused else "0",
+            "callback_url": spec.callback_url if spec.callback_url is not None else False,
         }
 
     def _save(

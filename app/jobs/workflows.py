@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +36,10 @@ from app.errors import (
     TaskNotFound,
     Unprocessable,
 )
-from app.jobs.resource import FINAL_STATES, state_of
+from app.jobs.resource import FINAL_STATES
 from app.jobs.service import BROKER_ERRORS, KEY_REUSED, Jobs, Principal
-from app.store import keys, records, workflows
+from app.jobs.workflow_resource import resource
+from app.store import keys, webhooks, workflows
 from app.store.quotas import Quota, Usage
 from app.tasks.registry import TaskType
 from app.worker import messages
@@ -57,69 +58,17 @@ class Step:
     options: dict[str, Any]
 
 
-def aggregate(record: Mapping[str, str], states: Sequence[str]) -> str:
-    """The workflow's state from its steps' states (and a cancel kept in its record)."""
-    if states and all(state == "SUCCESS" for state in states):
-        return "SUCCESS"
-    if "FAILURE" in states:
-        return "FAILURE"
-    if "cancelled_at" in record or "REVOKED" in states:  # or a step cancelled on its own
-        return "REVOKED"
-    if all(state == "PENDING" for state in states):
-        return "PENDING"
-    return "PROGRESS" if "PROGRESS" in states else "STARTED"
-
-
-def resource(
-    workflow_id: str, record: Mapping[str, str], steps: Sequence[tuple[str, records.Found | None]]
-) -> dict[str, Any]:
-    """The workflow resource: what ``GET /api/v1/workflows/<id>`` answers."""
-    tasks, states, results = [], [], []
-    for task_id, found in steps:
-        task_record, meta = found if found is not None else ({}, None)
-        state = state_of(task_record, meta) if found is not None else "REVOKED"
-        states.append(state)
-        results.append(meta.get("result") if meta and state == "SUCCESS" else None)
-        tasks.append(
-            {
-                "id": task_id,
-                "task": task_record.get("task"),
-                "state": state,
-                "links": {"self": f"/api/v1/tasks/{task_id}"},
-            }
-        )
-    state = aggregate(record, states)
-    done = sum(1 for s in states if s in FINAL_STATES)
-    total = len(states)
-    result = None
-    if state == "SUCCESS":  # a chain's last result, a group's final step's, or every result
-        plain_group = record.get("kind") == "group" and not record.get("then")
-        result = results if plain_group else results[-1]
-    return {
-        "id": workflow_id,
-        "kind": record.get("kind"),
-        "state": state,
-        "progress": {
-            "current": done,
-            "total": total,
-            "percent": round(100.0 * done / total, 1) if total else None,
-            "message": f"{done} of {total} steps finished",
-        },
-        "tasks": tasks,
-        "result": result,
-        "created_at": record.get("created_at"),
-        "cancelled_at": record.get("cancelled_at"),
-        "links": {"self": f"/api/v1/workflows/{workflow_id}"},
-    }
-
-
-def fingerprint(kind: str, steps: Sequence[Step], has_then: bool) -> str:
+def fingerprint(
+    kind: str, steps: Sequence[Step], has_then: bool, callback_url: str | None = None
+) -> str:
     """What makes two workflows the same request, for an Idempotency-Key."""
-    body = {
+    body: dict[str, Any] = {
         "kind": kind,
         "then": has_then,
         "steps": [[s.task_type.name, s.params, s.options] for s in steps],
     }
+    if callback_url is not None:  # absent, the fingerprint is what it was before webhooks
+        body["callback_url"] = callback_url
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -140,6 +89,7 @@ class Workflows:
         request_id: str = "",
         quota: Quota | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[dict[str, Any], Usage | None]:
         """Record the workflow and all its steps, then publish it; the resource, the quota left.
 
@@ -150,12 +100,14 @@ class Workflows:
         step (refusing the whole workflow with 429 when they do not fit) and
         writes every record; only then is the canvas published. A publish that
         fails removes all of it again (503): a message that reached the broker
-        anyway finds no record and is dropped by the worker.
+        anyway finds no record and is dropped by the worker. A ``callback_url``
+        (checked by the caller) gets the final workflow resource POSTed once
+        (``store_result.lua``, ``app.worker.webhooks``).
         """
         workflow_id = str(uuid.uuid4())
         created = time.time()
         ordered = [*steps, *([then] if then else [])]
-        digest = fingerprint(kind, ordered, then is not None)
+        digest = fingerprint(kind, ordered, then is not None, callback_url)
         ids = [str(uuid.uuid4()) for _ in ordered]
         # Steps published at once (a chain's first, a group's) have a known ETA.
         at_once = {0} if kind == "chain" else set(range(len(steps)))
@@ -191,6 +143,7 @@ class Workflows:
                 in_flight_cap=self.jobs.in_flight_limit,
                 idempotency=claim,
                 idempotency_ttl=self.jobs.idempotency_ttl,
+                callback_url=callback_url,
             )
         except redis.RedisError as exc:
             log.warning("workflow %s: task store unreachable: %r", workflow_id, exc)
@@ -229,6 +182,8 @@ class Workflows:
                 workflows.abort(self.client, workflow_id, owner, recorded)
             raise BrokerUnavailable("the broker did not answer in time") from exc
         record = {"kind": kind, "then": "then" if then else "", "created_at": isotime(created)}
+        if callback_url is not None:
+            record.update(webhooks.submit_fields(callback_url))
         pending = {"task": "", "state": "PENDING"}
         steps_found = [
             (task_id, ({**pending, "task": step.task_type.name}, None))

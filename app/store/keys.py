@@ -91,6 +91,11 @@ def webhook_lock(task_id: str) -> str:
     return f"errand:webhook:{task_id}"
 
 
+def workflow_webhook_lock(workflow_id: str) -> str:
+    """Held while one attempt to deliver a workflow's webhook runs."""
+    return f"errand:webhook:workflow:{workflow_id}"
+
+
 # Schedules (app.store.schedules) and the celery-redbeat entries beat reads
 # (app.worker.schedules sets redbeat_key_prefix to REDBEAT_PREFIX).
 SCHEDULE_PREFIX = "errand:schedule:"

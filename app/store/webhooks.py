@@ -1,8 +1,10 @@
-"""A task's webhook delivery, kept in its record (``callback_*`` fields).
+"""A webhook's delivery, kept in its task's or workflow's record (``callback_*`` fields).
 
-``submit_fields`` are written with the record at submit (``Jobs.submit(fields=...)``);
-``store_result.lua`` says when a final state is first stored for a task that has
-a callback; each attempt starts with ``webhook_attempt.lua`` and ends with ``finish``.
+``submit_fields`` are written with the record at submit (``Jobs.submit(fields=...)``,
+``create_workflow.lua``); ``store_result.lua`` says when a final state is first stored
+for a task that has a callback, or when a workflow that has one closes; each attempt
+starts with ``webhook_attempt.lua`` and ends with ``finish``. ``kind`` says which
+record: ``task`` (``errand:task:<id>``) or ``workflow`` (``errand:workflow:<id>``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ def submit_fields(url: str) -> dict[str, str]:
     return {"callback_url": url, "callback_state": "pending", "callback_attempts": "0"}
 
 
-def start_attempt(client: redis.Redis, task_id: str, made: int, lock_ms: int) -> int:
+def _names(kind: str, subject_id: str) -> list[str]:
+    if kind == "workflow":
+        return [keys.workflow(subject_id), keys.workflow_webhook_lock(subject_id)]
+    return [keys.record(subject_id), keys.webhook_lock(subject_id)]
+
+
+def start_attempt(
+    client: redis.Redis, task_id: str, made: int, lock_ms: int, kind: str = "task"
+) -> int:
     """Start the attempt after ``made`` ones: its number, or 0 when there is nothing to do."""
-    names = [keys.record(task_id), keys.webhook_lock(task_id)]
-    return int(scripts.WEBHOOK_ATTEMPT(client, names, made, lock_ms))
+    return int(scripts.WEBHOOK_ATTEMPT(client, _names(kind, task_id), made, lock_ms))
 
 
 def finish(
@@ -40,6 +49,7 @@ def finish(
     status: int | None,
     error: str | None,
     delivered_at: str | None = None,
+    kind: str = "task",
 ) -> None:
     """Keep how an attempt ended (``state``: pending, delivered or failed) and free its lock.
 
@@ -52,5 +62,4 @@ def finish(
     ]
     if delivered_at:
         fields += ["callback_delivered_at", delivered_at]
-    names = [keys.record(task_id), keys.webhook_lock(task_id)]
-    scripts.WEBHOOK_FINISH(client, names, *fields)
+    scripts.WEBHOOK_FINISH(client, _names(kind, task_id), *fields)

@@ -1,9 +1,9 @@
 """Workflow records: a chain or a group of tasks, written with all their steps at once.
 
 A workflow is the hash ``errand:workflow:<id>`` (kind, owner, created_at, the
-steps' task ids in order, how many are not final yet). Each step is an ordinary
-task record with a ``workflow`` field. ``create_workflow.lua`` writes the whole
-of it before any message is published; ``abort_workflow.lua`` removes it again
+steps' task ids in order, how many are not final yet, its webhook's ``callback_*``).
+Each step is an ordinary task record with a ``workflow`` field. ``create_workflow.lua``
+writes the whole of it before any message is published; ``abort_workflow.lua`` removes it again
 when the publish failed. The workflow's record has no expiry until its last
 step is final; then it lives as long as task records do (``store_result.lua``).
 """
@@ -63,9 +63,11 @@ def create(
     in_flight_cap: int,
     idempotency: tuple[str, str] | None = None,
     idempotency_ttl: int = 0,
+    callback_url: str | None = None,
 ) -> Created:
     """Count, claim the Idempotency-Key, check the in-flight cap, and write the workflow and
-    its steps; all or nothing. ``idempotency`` is (key, the request's fingerprint)."""
+    its steps; all or nothing. ``idempotency`` is (key, the request's fingerprint);
+    a ``callback_url`` is kept in the workflow's record (``app.store.webhooks``)."""
     names = [
         quota.key if quota else "",
         keys.in_flight(owner) if owner else "",
@@ -90,6 +92,7 @@ def create(
         idempotency[1] if idempotency else "",
         idempotency_ttl,
         keys.WORKFLOW_PREFIX,
+        callback_url or "",
     ]
     for step in steps:
         args += [step.task_id, step.task_name, step.params_json, step.options_json, step.eta]

@@ -70,6 +70,7 @@ def create() -> Response:
         timezone=body.timezone,
         interval=body.interval,
         paused=body.paused,
+        callback_url=body.callback_url,
     )
     schedule = schedules().create(current(), spec, params_as_submitted)
     return _schedule_response(schedule, 201)

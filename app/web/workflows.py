@@ -26,6 +26,7 @@ from app.web.tasks import (
     task_id_or_404,
     task_types,
 )
+from app.webhooks import url_problem
 
 bp = Blueprint("workflows", __name__, url_prefix="/api/v1")
 
@@ -64,12 +65,24 @@ def _step(raw: Any, place: Place, registry: Registry, errors: list[dict[str, Any
     return Step(task_type, params.model_dump(mode="json"), options)
 
 
+def callback_url_problem(raw: Any) -> str | None:
+    """What is wrong with a workflow's ``callback_url``, checked as a submit's is."""
+    if not isinstance(raw, str):
+        return "Input should be a valid string"
+    config = current_app.config
+    return url_problem(raw, config["WEBHOOK_ALLOW_PRIVATE"], config["WEBHOOK_ALLOWED_HOSTS"])
+
+
 def parse(
     body: dict[str, Any], registry: Registry, max_steps: int
 ) -> tuple[str, list[Step], Step | None]:
     """The workflow's kind, steps and final step, or a 422 naming every problem."""
     errors: list[dict[str, Any]] = []
-    for name in sorted(set(body) - {*KINDS, "then"}):
+    if body.get("callback_url") is not None:
+        problem = callback_url_problem(body["callback_url"])
+        if problem:
+            errors.append({"loc": ["callback_url"], "msg": problem})
+    for name in sorted(set(body) - {*KINDS, "then", "callback_url"}):
         errors.append({"loc": [name], "msg": "Extra inputs are not permitted"})
     kinds = [k for k in KINDS if k in body]
     if len(kinds) != 1:
@@ -116,8 +129,9 @@ def create() -> Response:
         kind, steps, then = parse(body, registry, max_steps)
     limit = quota("submit")
     workflow, usage = workflows().create(
-        current(), kind, steps, then, g.get("request_id", ""), quota=limit, idempotency_key=key
-    )
+        current(), kind, steps, then, g.get("request_id", ""), quota=limit, idempotency_key=key,
+        callback_url=body.get("callback_url"),
+    )  # fmt: skip
     if limit is not None:
         spent(limit, usage)
     return workflow_response(workflow, 202, created=True)

@@ -3,7 +3,7 @@
 Configured as ``app.worker.results:ResultStore+redis://...`` (see ``config.py``).
 Every state is stored by one script (``store_result.lua``) that also updates
 the task's record, the in-flight set and the metrics, and says when a task's
-webhook is due (``app.worker.webhooks``); Celery's own backend
+(or its workflow's) webhook is due (``app.worker.webhooks``); Celery's own backend
 first GETs the stored state to keep a SUCCESS from being overwritten, a round
 trip the script saves.
 """
@@ -81,6 +81,10 @@ class ResultStore(RedisBackend):
         stored = self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
         if stored == 2:  # the task's first final state, and it has a callback_url
             queue_delivery(self.app, task_id)
+        elif stored == 3:  # the task closed its workflow, which has a callback_url
+            workflow = self.ensure(self.client.hget, (keys.record(task_id), "workflow"))
+            if workflow:
+                queue_delivery(self.app, bytes_to_str(workflow), "workflow")
         return result
 
     def _fail_chain(self, chain: Any, exc: Any, traceback: Any = None, **kwargs: Any) -> None:

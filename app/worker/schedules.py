@@ -113,6 +113,7 @@ def read_file(path: Path, service: Schedules) -> dict[str, Spec]:
             timezone=body.timezone,
             interval=body.interval,
             paused=body.paused,
+            callback_url=body.callback_url,
         )
         try:
             specs[name] = service.check(spec, params_checked)

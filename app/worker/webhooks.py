@@ -1,10 +1,12 @@
-"""Webhook delivery: a task's final resource POSTed to its ``callback_url`` by a worker.
+"""Webhook delivery: a task's or a workflow's final resource POSTed to its ``callback_url``.
 
 The trigger is the one place every final state is stored: ``store_result.lua`` answers
 2 the first time a task with a callback reaches SUCCESS, FAILURE or REVOKED (a cancel
-of a queued task included, which the API stores), and ``ResultStore`` then queues
-``errand.deliver_webhook`` (``queue_delivery``). That task is Errand's own, like the
-prune job: no task type, no record check. Each run is one attempt
+of a queued task included, which the API stores), and 3 when the last open step of a
+workflow with a callback becomes final (a failed step's followers and a cancel's steps
+are stored REVOKED, so every workflow closes there, once); ``ResultStore`` then queues
+``errand.deliver_webhook`` (``queue_delivery``) for the task or the workflow. That
+task is Errand's own, like the prune job: no task type, no record check. Each run is one attempt
 (``webhook_attempt.lua`` lets one run per attempt, whatever the broker redelivers);
 connection errors, timeouts, 408, 429 and 5xx are retried with exponential backoff
 and jitter up to ``WEBHOOK_MAX_ATTEMPTS``; a 2xx is delivered; anything else fails.
@@ -37,8 +39,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from app import store
 from app.clock import isotime
+from app.jobs import workflow_resource
 from app.jobs.resource import resource
-from app.store import keys, records
+from app.store import keys, records, workflows
 from app.store import webhooks as delivery_store
 from app.webhooks import PRIVATE, for_logs, forbidden, signature, url_problem
 from app.worker import messages
@@ -58,19 +61,21 @@ class DeliveryError(Exception):
         self.retry = retry
 
 
-def queue_delivery(celery_app: Celery, task_id: str) -> None:
-    """Queue the first attempt to deliver a task's webhook (called once per task)."""
+def queue_delivery(celery_app: Celery, task_id: str, kind: str = "task") -> None:
+    """Queue the first attempt to deliver a task's (or a workflow's) webhook, once per one."""
     options: dict[str, Any] = {}
     if celery_app.conf.broker_url.startswith(("redis://", "rediss://", "unix://")):
         options["priority"] = messages.redis_priority(None)  # as a job without a priority
+    args = [task_id, 0] if kind == "task" else [task_id, 0, kind]
     try:
-        celery_app.send_task(NAME, args=[task_id, 0], **options)
+        celery_app.send_task(NAME, args=args, **options)
     except Exception as exc:  # the final state is stored; say why no webhook will come
-        log.error("task %s: could not queue its webhook: %r", task_id, exc)
+        log.error("%s %s: could not queue its webhook: %r", kind, task_id, exc)
         with contextlib.suppress(redis.RedisError):
             delivery_store.finish(
-                store.client(), task_id, "failed", None, "could not queue the delivery"
-            )
+                store.client(), task_id, "failed", None, "could not queue the delivery",
+                kind=kind,
+            )  # fmt: skip
 
 
 def queue_if_waiting(celery_app: Celery, task_id: str) -> None:
@@ -79,16 +84,21 @@ def queue_if_waiting(celery_app: Celery, task_id: str) -> None:
     For a redelivered message of a task that is final already: the worker that
     stored its final state may have died before it queued the webhook. A second
     delivery message is harmless (``webhook_attempt.lua`` lets one through).
+    The same for the workflow the task is a step of, once that is closed.
     """
+    client = store.client()
+    fields = ["callback_state", "callback_attempts", "workflow"]
     try:
-        state, attempts = store.client().hmget(
-            keys.record(task_id), ["callback_state", "callback_attempts"]
-        )
+        state, attempts, workflow = client.hmget(keys.record(task_id), fields)
+        if workflow:
+            found = client.hmget(keys.workflow(workflow.decode()), ["open", *fields[:2]])
     except redis.RedisError as exc:  # the task's own outcome must not suffer for it
         log.warning("task %s: could not check its webhook: %r", task_id, exc)
         return
     if state == b"pending" and attempts in (None, b"0"):
         queue_delivery(celery_app, task_id)
+    if workflow and found[0] == b"0" and found[1] == b"pending" and found[2] in (None, b"0"):
+        queue_delivery(celery_app, workflow.decode(), "workflow")
 
 
 def resolve(host: str, port: int, allow_private: bool) -> str:
@@ -187,23 +197,40 @@ def backoff(attempt: int, first: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def attempt_once(task_id: str, attempt: int) -> tuple[str, int | None, str | None, str]:
-    """Send the task's resource as it is now: (outcome, status, error, the URL for logs).
+def current_resource(kind: str, subject_id: str) -> dict[str, Any] | None:
+    """What ``GET /api/v1/tasks/<id>`` (or ``/workflows/<id>``) answers now; None when gone."""
+    client = store.client()
+    if kind == "workflow":
+        read = workflows.read(client, subject_id, "")
+        if read is None:
+            return None
+        record, steps = read
+        task_ids = record["tasks"].split(",") if record.get("tasks") else []
+        found = list(zip(task_ids, steps, strict=True))
+        return workflow_resource.resource(subject_id, record, found)
+    task, _ = records.status(client, subject_id, "")
+    return None if task is None else resource(subject_id, *task)
+
+
+def attempt_once(
+    task_id: str, attempt: int, kind: str = "task"
+) -> tuple[str, int | None, str | None, str]:
+    """Send the task's (or workflow's) resource as it is now: (outcome, status, error, the URL
+    for logs).
 
     ``outcome`` is 'delivered', 'retry' or 'failed'; 'gone' when the record expired.
     """
     config = current_app.config
-    found, _ = records.status(store.client(), task_id, "")
-    if found is None:
+    found = current_resource(kind, task_id)
+    if found is None or found.get("callback") is None:
         return "gone", None, None, ""
-    task = resource(task_id, *found)  # what GET /api/v1/tasks/<id> answers now
-    url = task["callback"]["url"]
-    body = orjson.dumps(task)
+    url = found["callback"]["url"]
+    body = orjson.dumps(found)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Errand-Signature": signature(config["WEBHOOK_SECRET"], int(time.time()), body),
-        "Errand-Task-Id": task_id,
+        "Errand-Workflow-Id" if kind == "workflow" else "Errand-Task-Id": task_id,
         "Errand-Delivery-Id": str(uuid.uuid4()),
         "Errand-Attempt": str(attempt),
     }
@@ -219,23 +246,28 @@ def attempt_once(task_id: str, attempt: int) -> tuple[str, int | None, str | Non
 
 
 @shared_task(name=NAME, bind=True, ignore_result=True, max_retries=None)
-def deliver_webhook(self: Task, task_id: str, made: int = 0) -> None:
+def deliver_webhook(self: Task, task_id: str, made: int = 0, kind: str = "task") -> None:
     """One attempt to deliver a task's webhook; the next one is queued when it may help.
 
     ``made`` is how many attempts were made before this one; the retry policy is
-    Errand's settings (``WEBHOOK_*``), counted in the task's record.
+    Errand's settings (``WEBHOOK_*``), counted in the task's record. With ``kind``
+    'workflow', ``task_id`` is a workflow's id, and its record and resource are used.
     """
+    if kind not in ("task", "workflow"):
+        log.error("webhook for a %r: not a kind Errand delivers; dropped", kind[:20])
+        return
     config = current_app.config
     client = store.client()
     lock_s = float(config["WEBHOOK_TIMEOUT"]) + 30  # longer than an attempt, DNS included
-    attempt = delivery_store.start_attempt(client, task_id, made, int(lock_s * 1000))
+    attempt = delivery_store.start_attempt(client, task_id, made, int(lock_s * 1000), kind)
     if not attempt:
-        log.info("task %s: webhook attempt %d not needed (done, or a duplicate)", task_id, made + 1)
+        log.info("%s %s: webhook attempt %d not needed (done, or a duplicate)", kind, task_id,
+                 made + 1)  # fmt: skip
         return
     try:
-        outcome, status, error, shown = attempt_once(task_id, attempt)
+        outcome, status, error, shown = attempt_once(task_id, attempt, kind)
     except Exception as exc:  # Redis, or a bug: count it as an attempt that may go better
-        log.exception("task %s: webhook attempt %d broke", task_id, attempt)
+        log.exception("%s %s: webhook attempt %d broke", kind, task_id, attempt)
         outcome, status, error, shown = "retry", None, f"internal error: {type(exc).__name__}", ""
     if outcome == "gone":
         return
@@ -243,26 +275,24 @@ def deliver_webhook(self: Task, task_id: str, made: int = 0) -> None:
     state = "delivered" if outcome == "delivered" else "failed" if final else "pending"
     delay = backoff(attempt, config["WEBHOOK_BACKOFF"], config["WEBHOOK_BACKOFF_MAX"])
     try:
-        delivery_store.finish(
-            client, task_id, state, status, error, isotime() if state == "delivered" else None
-        )
+        delivered_at = isotime() if state == "delivered" else None
+        delivery_store.finish(client, task_id, state, status, error, delivered_at, kind)
     except redis.RedisError as exc:  # the attempt holds its lock until it expires: come back then
-        log.warning("task %s: could not keep webhook attempt %d: %r", task_id, attempt, exc)
-        raise self.retry(args=(task_id, made), countdown=lock_s + 1) from exc
+        log.warning("%s %s: could not keep webhook attempt %d: %r", kind, task_id, attempt, exc)
+        raise self.retry(args=(task_id, made, kind), countdown=lock_s + 1) from exc
     log.log(
         logging.INFO if state == "delivered" else logging.WARNING,
-        "task %s: webhook to %s %s (%s, attempt %d)%s",
-        task_id, shown, state, error or status, attempt,
+        "%s %s: webhook to %s %s (%s, attempt %d)%s",
+        kind, task_id, shown, state, error or status, attempt,
         "" if final else f"; again in {delay:.1f} s",
     )  # fmt: skip
     if final:
         return
     try:
-        raise self.retry(args=(task_id, attempt), countdown=delay)
+        raise self.retry(args=(task_id, attempt, kind), countdown=delay)
     except Retry:
         raise
     except Exception as exc:  # the broker refused the retry: no later attempt will come
-        log.error("task %s: could not queue webhook attempt %d: %r", task_id, attempt + 1, exc)
-        delivery_store.finish(
-            client, task_id, "failed", status, f"{error}; could not queue the next attempt"
-        )
+        log.error("%s %s: could not queue webhook attempt %d: %r", kind, task_id, attempt + 1, exc)
+        error = f"{error}; could not queue the next attempt"
+        delivery_store.finish(client, task_id, "failed", status, error, kind=kind)

@@ -30,7 +30,8 @@
     ARGV[12]   the request's fingerprint (for the Idempotency-Key)
     ARGV[13]   seconds to keep the Idempotency-Key
     ARGV[14]   the workflow key prefix           errand:workflow:
-    ARGV[15..] five per step, in order: task id, task type, params (JSON),
+    ARGV[15]   the workflow's callback_url, or ''
+    ARGV[16..] five per step, in order: task id, task type, params (JSON),
                options (JSON), eta (ISO 8601, or '')
 
   Output:
@@ -85,7 +86,7 @@ end
 
 local ids = {}
 for i = 1, steps do
-  local a = 15 + (i - 1) * 5
+  local a = 16 + (i - 1) * 5
   local k = 7 + (i - 1) * 3
   local id = ARGV[a]
   ids[i] = id
@@ -103,4 +104,8 @@ end
 redis.call('HSET', KEYS[3], 'kind', ARGV[10], 'then', ARGV[11], 'owner', ARGV[9],
            'created_at', ARGV[7], 'created_us', ARGV[6], 'tasks', table.concat(ids, ','),
            'open', steps)
+if ARGV[15] ~= '' then
+  redis.call('HSET', KEYS[3], 'callback_url', ARGV[15], 'callback_state', 'pending',
+             'callback_attempts', 0)
+end
 return {'ok', used, reset}

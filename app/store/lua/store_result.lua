@@ -9,7 +9,8 @@
   not exist (an id this API never issued) is not created. A step of a workflow
   that becomes final counts down the workflow's open steps and keeps no expiry
   of its own; the last one gives the workflow and every step the records'
-  lifetime together.
+  lifetime together, and, when the workflow has a callback_url, says its
+  webhook is due (3).
 
   Input:
     KEYS[1]  Celery's result           celery-task-meta-<id>
@@ -33,21 +34,27 @@
   Output:
     2  stored, the task's first final state, and it has a callback_url: its
        webhook is to be delivered now (this answer comes once per task)
+    3  stored, the last open step of a workflow with a callback_url became
+       final (the workflow is final now): the workflow's webhook is to be
+       delivered (once per workflow: open reaches 0 once; a workflow's steps
+       have no callback_url of their own)
     1  stored
     0  a SUCCESS was stored already: nothing changed
 ]]
 --- @include "set_state"
 
 -- A workflow's steps live until its last one is final; then the workflow and all
--- its steps (records and results) get the records' lifetime together.
+-- its steps (records and results) get the records' lifetime together. True when
+-- this call closed the workflow (its last open step became final).
 local function close_step(workflow, first_final)
   local open = tonumber(redis.call('HGET', workflow, 'open') or '0')
   if first_final then open = redis.call('HINCRBY', workflow, 'open', -1) end
   if open > 0 then
     redis.call('PERSIST', KEYS[1])  -- the result too lives until the workflow ends
-    return
+    return false
   end
-  if tonumber(ARGV[5]) == 0 then return end
+  local closed = first_final and open == 0
+  if tonumber(ARGV[5]) == 0 then return closed end
   local record_prefix = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[7])
   local result_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[7])
   for id in string.gmatch(redis.call('HGET', workflow, 'tasks') or '', '[^,]+') do
@@ -55,6 +62,7 @@ local function close_step(workflow, first_final)
     redis.call('EXPIRE', result_prefix .. id, ARGV[5])
   end
   redis.call('EXPIRE', workflow, ARGV[5])
+  return closed
 end
 
 local current = redis.call('GET', KEYS[1])
@@ -92,7 +100,10 @@ if task then
     if owner then redis.call('ZREM', ARGV[8] .. owner, ARGV[7]) end
     local workflow = redis.call('HGET', KEYS[2], 'workflow')
     if workflow and redis.call('EXISTS', ARGV[12] .. workflow) == 1 then
-      close_step(ARGV[12] .. workflow, first_final)
+      if close_step(ARGV[12] .. workflow, first_final)
+        and redis.call('HEXISTS', ARGV[12] .. workflow, 'callback_url') == 1 then
+        return 3
+      end
     elseif tonumber(ARGV[5]) > 0 then
       redis.call('EXPIRE', KEYS[2], ARGV[5])
     end

@@ -1,13 +1,13 @@
 --[[
-  Starts one attempt to deliver a task's webhook, at most once at a time and
+  Starts one attempt to deliver a task's (or a workflow's) webhook, at most once at a time and
   never twice for the same attempt: a duplicate delivery message (a redelivery,
   a trigger seen twice) finds the count moved on and is dropped. The attempt
   holds a lock that expires by itself, so that an attempt whose worker died
   mid-send is taken over by the redelivered message, without counting again.
 
   Input:
-    KEYS[1]  the task's record          errand:task:<id>
-    KEYS[2]  the attempt's lock         errand:webhook:<id>
+    KEYS[1]  the record                  errand:task:<id> or errand:workflow:<id>
+    KEYS[2]  the attempt's lock          errand:webhook:<id> or errand:webhook:workflow:<id>
 
     ARGV[1]  the attempts made before this one, as the delivery message says
     ARGV[2]  the lock's lifetime, ms (longer than one attempt can take)

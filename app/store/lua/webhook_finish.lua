@@ -1,10 +1,10 @@
 --[[
-  Keeps how an attempt to deliver a task's webhook ended, and frees its lock.
+  Keeps how an attempt to deliver a task's (or a workflow's) webhook ended, and frees its lock.
   A record that expired meanwhile is not made again.
 
   Input:
-    KEYS[1]    the task's record        errand:task:<id>
-    KEYS[2]    the attempt's lock       errand:webhook:<id>
+    KEYS[1]    the record               errand:task:<id> or errand:workflow:<id>
+    KEYS[2]    the attempt's lock       errand:webhook:<id> or errand:webhook:workflow:<id>
 
     ARGV[1..]  the callback_* fields to set, as name, value pairs
 
