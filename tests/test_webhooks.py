@@ -257,6 +257,56 @@ def test_callback_url_is_part_of_the_idempotency_key(strict: FlaskClient) -> Non
     assert bare.status_code == 422
 
 
+WORKFLOWS = "/api/v1/workflows"
+CHAIN = {"chain": [{"task": "test.add", "params": {"value": 1}}]}
+LATER = {"task": "test.add", "params": {"value": 1}, "options": {"countdown": 600}}
+LATER_CHAIN = {"chain": [LATER, {"task": "test.add", "params": {"value": 2}}]}
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ftp://example.com/hook", "http or https"),
+        ("http://user:pw@example.com/hook", "no user name or password"),
+        (LONG, "at most 2048 characters"),
+        ("http://example.com/\r\nX-Evil: 1", "printable ASCII"),
+        ("http://169.254.169.254/latest/meta-data", "loopback, private"),
+        ("http://[::ffff:127.0.0.1]/", "loopback, private"),
+        (123, "valid string"),
+        (["http://example.com/"], "valid string"),
+    ],
+)
+def test_a_workflows_bad_callback_url_is_refused(strict: FlaskClient, url: Any, says: str) -> None:
+    response = strict.post(WORKFLOWS, json={**CHAIN, "callback_url": url})
+    assert response.status_code == 422, response.json
+    assert response.content_type == "application/problem+json"
+    assert response.json["errors"][0]["loc"] == ["callback_url"]
+    assert says in response.json["errors"][0]["msg"]
+    assert "\r" not in response.get_data(as_text=True)
+
+
+def test_a_workflows_callback_is_shown_and_part_of_its_idempotency_key(
+    strict: FlaskClient,
+) -> None:
+    url = "https://hooks.example.com/workflows?token=abc"
+    headers = {"Idempotency-Key": '"workflow-hook-1"'}
+    first = strict.post(WORKFLOWS, json={**LATER_CHAIN, "callback_url": url}, headers=headers)
+    assert first.status_code == 202, first.json
+    workflow = first.json
+    schemas.WorkflowResource.model_validate(workflow)
+    expected = {"url": url, "state": "pending", "attempts": 0, "last_status": None,
+                "last_error": None, "delivered_at": None}  # fmt: skip
+    assert workflow["callback"] == expected
+    assert strict.get(workflow["links"]["self"]).json["callback"] == expected
+    again = strict.post(WORKFLOWS, json={**LATER_CHAIN, "callback_url": url}, headers=headers)
+    assert again.json["id"] == workflow["id"]
+    other = {**LATER_CHAIN, "callback_url": "https://other.example.com/"}
+    assert strict.post(WORKFLOWS, json=other, headers=headers).status_code == 422
+    assert strict.post(WORKFLOWS, json=LATER_CHAIN, headers=headers).status_code == 422
+    assert strict.post(WORKFLOWS, json=LATER_CHAIN).json["callback"] is None
+    strict.delete(workflow["links"]["self"])
+
+
 def queued_deliveries(server: RedisServer) -> list[list[Any]]:
     """The args of every webhook delivery message waiting in the queue's lists."""
     client = server.client()
@@ -300,6 +350,33 @@ def test_a_redelivered_final_task_queues_its_webhook_again_until_it_started(
         delivery_store.start_attempt(quiet_redis.client(), task["id"], 0, 10_000)
         queue_if_waiting(app.extensions["celery"], task["id"])
         assert len(queued_deliveries(quiet_redis)) == len(before) + 1
+
+
+def test_a_workflow_closed_by_a_cancel_queues_one_delivery(
+    strict: FlaskClient, quiet_redis: RedisServer
+) -> None:
+    body = {**LATER_CHAIN, "callback_url": "https://w.example.com/"}
+    workflow = strict.post(WORKFLOWS, json=body).json
+    before = queued_deliveries(quiet_redis)
+    assert strict.delete(workflow["links"]["self"]).status_code == 202
+    # The worker that meets the cancelled first step at its ETA stores REVOKED again.
+    backend = strict.application.extensions["celery"].backend
+    for task in workflow["tasks"]:
+        backend.mark_as_revoked(task["id"], "cancelled")
+    new = [args for args in queued_deliveries(quiet_redis) if args not in before]
+    assert new == [[workflow["id"], 0, "workflow"]]
+    # A redelivered step of the closed workflow queues it again until an attempt started.
+    app = strict.application
+    with app.app_context():
+        queue_if_waiting(app.extensions["celery"], workflow["tasks"][0]["id"])
+        assert len(queued_deliveries(quiet_redis)) == len(before) + 2
+        client = quiet_redis.client()
+        assert delivery_store.start_attempt(client, workflow["id"], 0, 10_000, "workflow") == 1
+        assert delivery_store.start_attempt(client, workflow["id"], 0, 10_000, "workflow") == 0
+        queue_if_waiting(app.extensions["celery"], workflow["tasks"][0]["id"])
+        assert len(queued_deliveries(quiet_redis)) == len(before) + 2
+    callback = strict.get(workflow["links"]["self"]).json["callback"]
+    assert callback["state"] == "delivering" and callback["attempts"] == 1
 
 
 def test_one_attempt_at_a_time_and_never_twice(
@@ -609,3 +686,89 @@ def test_https_connects_to_the_checked_address_and_checks_the_name(
     callback = by_address["callback"]
     assert callback["state"] == "failed" and callback["attempts"] == 3
     assert "certificate" in callback["last_error"].lower()
+
+
+# -- a workflow's webhook: the final workflow resource, once ------------------------------------
+
+
+def final_workflow_callback(client: FlaskClient, url: str, timeout: float = 30) -> dict[str, Any]:
+    """The workflow once its webhook is delivered or failed."""
+
+    def done() -> dict[str, Any] | None:
+        workflow = client.get(url).json
+        state = (workflow["callback"] or {}).get("state")
+        return workflow if state in {"delivered", "failed"} else None
+
+    found: dict[str, Any] = wait_for(done, timeout, 0.05)
+    return found
+
+
+def add_step(value: int, **params: Any) -> dict[str, Any]:
+    return {"task": "test.add", "params": {"value": value, **params}}
+
+
+@pytest.mark.slow
+def test_a_chains_final_workflow_resource_is_delivered_once_signed(
+    hooked: dict[str, Any],
+) -> None:
+    client = hooked["client"]
+    with Receiver() as receiver:
+        body = {"chain": [add_step(1), add_step(2), add_step(3)], "callback_url": receiver.url()}
+        response = client.post(WORKFLOWS, json=body)
+        assert response.status_code == 202, response.json
+        workflow = final_workflow_callback(client, response.headers["Location"])
+        settle(0.5)  # nothing more comes
+        assert len(receiver.requests) == 1
+    headers, sent = receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    assert verify(SECRET, headers["Errand-Signature"], sent)
+    assert headers["Errand-Workflow-Id"] == workflow["id"] and "Errand-Task-Id" not in headers
+    assert headers["Errand-Attempt"] == "1"
+    resource = json.loads(sent)
+    schemas.WorkflowResource.model_validate(resource)
+    assert resource["state"] == "SUCCESS" and resource["result"]["total"] == 6
+    assert [t["state"] for t in resource["tasks"]] == ["SUCCESS"] * 3
+    assert {**resource, "callback": None} == {**workflow, "callback": None}
+    assert workflow["callback"]["state"] == "delivered" and workflow["callback"]["attempts"] == 1
+    assert workflow["callback"]["last_status"] == 200
+    for task in workflow["tasks"]:  # the steps have no webhook of their own
+        assert client.get(task["links"]["self"]).json["callback"] is None
+
+
+@pytest.mark.slow
+def test_a_workflow_with_a_failing_step_delivers_failure_once(hooked: dict[str, Any]) -> None:
+    client = hooked["client"]
+    with Receiver(statuses=(503,)) as receiver:  # and a retry after a 503
+        steps = [add_step(1), add_step(2, fail=True), add_step(3), add_step(4)]
+        response = client.post(WORKFLOWS, json={"chain": steps, "callback_url": receiver.url()})
+        assert response.status_code == 202, response.json
+        workflow = final_workflow_callback(client, response.headers["Location"])
+        settle(1.0)
+        assert len(receiver.requests) == 2
+    bodies = [json.loads(r["body"]) for r in receiver.requests]
+    assert all(
+        verify(SECRET, r["headers"]["Errand-Signature"], r["body"]) for r in receiver.requests
+    )
+    assert [r["headers"]["Errand-Attempt"] for r in receiver.requests] == ["1", "2"]
+    assert bodies[0]["state"] == bodies[1]["state"] == "FAILURE"
+    assert [t["state"] for t in bodies[1]["tasks"]] == ["SUCCESS", "FAILURE", "REVOKED", "REVOKED"]
+    callback = workflow["callback"]
+    assert callback["state"] == "delivered" and callback["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_a_cancelled_workflow_delivers_revoked_once(hooked: dict[str, Any]) -> None:
+    client = hooked["client"]
+    with Receiver() as receiver:
+        steps = [add_step(1, seconds=20), add_step(2)]
+        response = client.post(WORKFLOWS, json={"chain": steps, "callback_url": receiver.url()})
+        url = response.headers["Location"]
+        first = response.json["tasks"][0]["links"]["self"]
+        wait_for(lambda: client.get(first).json["state"] == "STARTED", 15)
+        assert client.delete(url).status_code == 202
+        workflow = final_workflow_callback(client, url)
+        settle(1.0)
+        assert len(receiver.requests) == 1
+    sent = json.loads(receiver.requests[0]["body"])
+    assert sent["state"] == "REVOKED" and sent["cancelled_at"]
+    assert [t["state"] for t in sent["tasks"]] == ["REVOKED", "REVOKED"]
+    assert workflow["callback"]["state"] == "delivered"
