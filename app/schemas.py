@@ -130,6 +130,7 @@ Timestamp = Annotated[
 ]
 TaskPath = Annotated[str, Field(pattern=r"^/api/v1/tasks/[0-9a-f-]{36}$")]
 WorkflowPath = Annotated[str, Field(pattern=r"^/api/v1/workflows/[0-9a-f-]{36}$")]
+SchedulePath = Annotated[str, Field(pattern=r"^/api/v1/schedules/[a-z0-9_-]{1,64}$")]
 
 
 class Progress(Answer):
@@ -163,6 +164,11 @@ class Links(Answer):
     workflow: WorkflowPath = Field(
         None,
         description="the workflow this task is a step of",
+        json_schema_extra=_absent_when_unset,
+    )
+    schedule: SchedulePath = Field(
+        None,
+        description="the schedule this task is a run of",
         json_schema_extra=_absent_when_unset,
     )
 
@@ -451,7 +457,7 @@ class ScheduleFilters(BaseModel):
 class ScheduleLinks(Answer):
     """The schedule's own address, and its last run's task."""
 
-    self: Annotated[str, Field(pattern=r"^/api/v1/schedules/[a-z0-9_-]{1,64}$")]
+    self: SchedulePath
     last_task: TaskPath = Field(
         None, description="the task of the last run", json_schema_extra=_absent_when_unset
     )

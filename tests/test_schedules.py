@@ -5,6 +5,7 @@ a real worker completes."""
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import time
 import uuid
@@ -24,6 +25,7 @@ from app.store.apikeys import create_key, revoke_key
 from app.worker.schedules import read_file
 from tests.support import BIN, Api, RedisServer, errand_env, make_app, wait_for
 from tests.test_openapi import conform  # its checker: status, headers and body
+from tests.test_webhooks import SECRET, Receiver, hook_env, verify
 
 URL = "/api/v1/schedules"
 SECURED = {"AUTH_DISABLED": "false", "KEY_CACHE_SECONDS": "0", "SCHEDULE_LIMIT": "3"}
@@ -102,6 +104,12 @@ BAD_BODIES = [
     ({**EVERY_MINUTE, "options": {"priority": 10}}, "options"),
     ({**EVERY_MINUTE, "owner": "someone"}, "owner"),  # unknown field
     ({**EVERY_MINUTE, "id": "mine"}, "id"),
+    ({**EVERY_MINUTE, "callback_url": "ftp://localhost/hook"}, "callback_url"),
+    ({**EVERY_MINUTE, "callback_url": "http://127.0.0.1:9/hook"}, "callback_url"),  # private
+    ({**EVERY_MINUTE, "callback_url": "https://hooks.example.com/"}, "callback_url"),  # not allowed
+    ({**EVERY_MINUTE, "callback_url": "http://localhost/\r\nX: 1"}, "callback_url"),
+    ({**EVERY_MINUTE, "callback_url": "http://localhost/" + "a" * 2048}, "callback_url"),
+    ({**EVERY_MINUTE, "callback_url": 5}, "callback_url"),
     (
         {
             "task": "email.bulk",  # the task type's check: a template that cannot render
@@ -190,6 +198,9 @@ def test_pause_resume_and_retime(client: FlaskClient, redis_server: RedisServer)
         ({"crontab": None}, 422),
         ({"nope": True}, 422),
         ({"options": {"countdown": 1}}, 422),
+        ({"callback_url": "http://user:pw@localhost/"}, 422),
+        ({"callback_url": "http://10.0.0.1/"}, 422),
+        ({"callback_url": ["http://localhost/"]}, 422),
     ],
 )
 def test_bad_changes(client: FlaskClient, changes: dict[str, Any], status: int) -> None:
@@ -266,6 +277,45 @@ def test_a_key_holds_at_most_schedule_limit(secured: Flask) -> None:
     made(client, EVERY_MINUTE, **bearer(carol))
 
 
+HOOK = "http://localhost:9/hook?token=t"
+
+
+def test_a_callback_url_is_kept_shown_changed_and_removed(client: FlaskClient) -> None:
+    schedule = made(client, {**EVERY_MINUTE, "callback_url": HOOK})
+    assert schedule["callback_url"] == HOOK
+    assert made(client, EVERY_MINUTE)["callback_url"] is None
+    url = schedule["links"]["self"]
+    assert client.get(url).json["callback_url"] == HOOK
+    assert client.patch(url, json={"paused": True}).json["callback_url"] == HOOK  # kept
+    other = "http://127.0.0.1:9/other"
+    problem(client.patch(url, json={"callback_url": other}), 422)  # refused as a submit's is
+    changed = client.patch(url, json={"callback_url": "http://localhost:9/other"})
+    assert changed.status_code == 200 and changed.json["callback_url"] == "http://localhost:9/other"
+    removed = client.patch(url, json={"callback_url": None})
+    assert removed.status_code == 200 and removed.json["callback_url"] is None
+    schemas.ScheduleResource.model_validate(removed.json)
+    assert client.get(url).json == removed.json
+
+
+def test_each_run_carries_the_schedules_callback(app: Flask, client: FlaskClient) -> None:
+    schedule = made(client, {**EVERY_MINUTE, "callback_url": HOOK})
+    service = app.extensions["errand.schedules"]
+    with app.app_context():
+        task_id = service.run(schedule["id"], lambda: None)  # as beat makes a run
+    assert task_id is not None
+    task = client.get(f"/api/v1/tasks/{task_id}").json
+    assert task["links"]["schedule"] == schedule["links"]["self"]
+    assert task["callback"] == {"url": HOOK, "state": "pending", "attempts": 0,
+                                "last_status": None, "last_error": None,
+                                "delivered_at": None}  # fmt: skip
+    bare = made(client, EVERY_MINUTE)
+    with app.app_context():
+        bare_task = service.run(bare["id"], lambda: None)
+    assert client.get(f"/api/v1/tasks/{bare_task}").json["callback"] is None
+    for made_id in (task_id, bare_task):
+        client.delete(f"/api/v1/tasks/{made_id}")
+
+
 # -- a schedules file ---------------------------------------------------------------------------
 
 GOOD_FILE = """
@@ -274,6 +324,7 @@ task = "test.echo"
 params = { value = 3 }
 crontab = "0 2 * * *"
 timezone = "Europe/Berlin"
+callback_url = "http://localhost:9/nightly"
 
 [schedules.often]
 task = "test.echo"
@@ -294,6 +345,11 @@ options = { priority = 2 }
         ('[schedules.x]\ntask = "test.echo"\nparams = {value = 1}\ncrontab = "9 9 9"\n', "crontab"),
         ('[schedules.x]\ntask = "test.echo"\ninterval = 60\n', "params.value"),
         ('[schedules.x]\ntask = "test.echo"\nparams = {value = 1}\ninterval = 60\nz = 1\n', "z"),
+        (
+            '[schedules.x]\ntask = "test.echo"\nparams = {value = 1}\ninterval = 60\n'
+            'callback_url = "ftp://localhost/"\n',
+            "callback_url: the scheme must be http or https",
+        ),
     ],
 )
 def test_a_bad_schedules_file_is_one_clear_line(
@@ -320,6 +376,7 @@ def test_file_schedules_are_admin_only_and_kept_in_step(secured: Flask, tmp_path
     client = secured.test_client()
     nightly = client.get(f"{URL}/nightly", headers=bearer(admin)).json
     assert nightly["source"] == "file" and nightly["timezone"] == "Europe/Berlin"
+    assert nightly["callback_url"] == "http://localhost:9/nightly"
     schemas.ScheduleResource.model_validate(nightly)
     assert client.get(f"{URL}/nightly", headers=bearer(dave)).status_code == 404
     problem(client.patch(f"{URL}/often", json={"paused": True}, headers=bearer(admin)), 409)
@@ -533,3 +590,28 @@ def test_schedule_answers_conform_to_the_document(stack: Any, tmp_path: Path) ->
         assert call("GET", mine, one)[0] == 404
         assert call("DELETE", mine, one)[0] == 404
         assert call("GET", URL, URL, key="")[0] == 401
+
+
+def test_each_run_of_a_schedule_delivers_its_webhook(stack: Any, tmp_path: Path) -> None:
+    server = stack("redis")
+    env = hook_env(server.url, **BEAT_ENV)
+    stack("worker", env, tmp_path / "w.log", "hooked-runs", concurrency=2)
+    client = make_app(server.url, **env).test_client()
+    beat(stack, env, tmp_path / "beat.log")
+    with Receiver() as receiver:
+        body = {"task": "test.echo", "params": {"value": 5}, "interval": 1}
+        schedule = made(client, {**body, "callback_url": receiver.url()})
+        wait_for(lambda: len(receiver.requests) >= 2, 30)
+        client.delete(schedule["links"]["self"])
+        time.sleep(1.5)  # a run beat had in hand may still land, and be delivered
+        requests = list(receiver.requests)
+    ids = [r["headers"]["Errand-Task-Id"] for r in requests]
+    assert len(ids) == len(set(ids)), ids  # each run's webhook once
+    for request in requests:
+        assert verify(SECRET, request["headers"]["Errand-Signature"], request["body"])
+        sent = json.loads(request["body"])
+        schemas.TaskResource.model_validate(sent)
+        assert sent["id"] == request["headers"]["Errand-Task-Id"]
+        assert sent["state"] == "SUCCESS" and sent["result"] == 5
+        assert sent["links"]["schedule"] == schedule["links"]["self"]
+        assert sent["callback"]["url"] == receiver.url()
