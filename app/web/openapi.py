@@ -230,8 +230,11 @@ def _submission(registry: Registry) -> dict[str, Any]:
     }
 
 
-def _webhook() -> dict[str, Any]:
-    """What a worker POSTs to a submit's callback_url once the task is final."""
+def _webhook(workflow: bool = False) -> dict[str, Any]:
+    """What a worker POSTs to a callback_url once the task (or the workflow) is final."""
+    what, schema, id_header = "task", "TaskResource", "Errand-Task-Id"
+    if workflow:
+        what, schema, id_header = "workflow", "WorkflowResource", "Errand-Workflow-Id"
 
     def header(name: str, description: str, pattern: str = "") -> dict[str, Any]:
         schema = {"type": "string", **({"pattern": pattern} if pattern else {})}
@@ -241,10 +244,10 @@ def _webhook() -> dict[str, Any]:
 
     return {
         "post": {
-            "summary": "The task is final (SUCCESS, FAILURE or REVOKED)",
-            "description": "The task resource as GET answered it when it was sent. Retried with "
-            "backoff on errors, timeouts, 408, 429 and 5xx, up to WEBHOOK_MAX_ATTEMPTS; no "
-            "redirect is followed. At least once: dedupe on Errand-Task-Id.",
+            "summary": f"The {what} is final (SUCCESS, FAILURE or REVOKED)",
+            "description": f"The {what} resource as GET answered it when it was sent. Retried "
+            "with backoff on errors, timeouts, 408, 429 and 5xx, up to WEBHOOK_MAX_ATTEMPTS; no "
+            f"redirect is followed. At least once: dedupe on {id_header}.",
             "parameters": [
                 header(
                     "Errand-Signature",
@@ -253,11 +256,11 @@ def _webhook() -> dict[str, Any]:
                     "is recent.",
                     r"^t=\d+,v1=[0-9a-f]{64}$",
                 ),
-                header("Errand-Task-Id", "The task's id: one webhook per task."),
+                header(id_header, f"The {what}'s id: one webhook per {what}."),
                 header("Errand-Delivery-Id", "A new id for each attempt."),
                 header("Errand-Attempt", "1 for the first attempt, 2 for the next, ...", r"^\d+$"),
             ],
-            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("TaskResource")}}},
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref(schema)}}},
             "responses": {
                 "2XX": {"description": "Delivered."},
                 "default": {
@@ -309,7 +312,9 @@ def _workflow_paths() -> dict[str, Any]:
                 "WORKFLOW_MAX_STEPS steps (then included). Each step is an ordinary task, with "
                 "links.workflow. The workflow counts once against RATE_LIMIT_SUBMIT and each "
                 "step against IN_FLIGHT_LIMIT: a workflow that does not fit is refused whole "
-                "(429). A 202 is on the broker; any other answer left nothing behind.",
+                "(429). A 202 is on the broker; any other answer left nothing behind. With a "
+                "callback_url (checked as a submit's is), the final workflow resource is POSTed "
+                "there once (workflowFinished).",
                 "parameters": [idempotency_key],
                 "requestBody": {
                     "required": True,
@@ -330,6 +335,9 @@ def _workflow_paths() -> dict[str, Any]:
                         "The workflow or a step is not valid (each named in errors), or an "
                         "Idempotency-Key used before with another workflow."
                     ),
+                },
+                "callbacks": {
+                    "workflowFinished": {"{$request.body#/callback_url}": _webhook(workflow=True)}
                 },
             },
         },
@@ -691,7 +699,8 @@ def _schedule_paths() -> dict[str, Any]:
                 "summary": "Make a schedule",
                 "description": "A task type, its params (validated as a submit validates "
                 "them) and a crontab in a time zone or an interval. Each run is an ordinary "
-                "task of the caller's key, with links.schedule.",
+                "task of the caller's key, with links.schedule; with a callback_url, each run's "
+                "final task resource is POSTed there, as a submit's would be.",
                 "requestBody": request("ScheduleCreate"),
                 "responses": {
                     "201": created,
@@ -699,9 +708,11 @@ def _schedule_paths() -> dict[str, Any]:
                     "409": _problem("The key has SCHEDULE_LIMIT schedules already."),
                     "422": _problem(
                         "Unknown task type, params not valid, a bad crontab, time zone or "
-                        "interval, both or neither of crontab and interval, unknown fields."
+                        "interval, both or neither of crontab and interval, a callback_url "
+                        "refused as a submit's would be, unknown fields."
                     ),
                 },
+                "callbacks": {"runFinished": {"{$request.body#/callback_url}": _webhook()}},
             },
             "get": {
                 "operationId": "listSchedules",
