@@ -429,6 +429,19 @@ def test_the_document_describes_webhooks(strict: FlaskClient) -> None:
     hook = callbacks["taskFinished"]["{$request.body#/callback_url}"]["post"]
     names = {p["name"] for p in hook["parameters"]}
     assert names == {"Errand-Signature", "Errand-Task-Id", "Errand-Delivery-Id", "Errand-Attempt"}
+    assert "callback_url" in found["WorkflowSubmission"]["properties"]
+    assert "callback" in found["WorkflowResource"]["required"]
+    assert "callback_url" in found["ScheduleCreate"]["properties"]
+    assert "callback_url" in found["SchedulePatch"]["properties"]
+    assert "callback_url" in found["ScheduleResource"]["required"]
+    flows = doc["paths"][WORKFLOWS]["post"]["callbacks"]
+    flow = flows["workflowFinished"]["{$request.body#/callback_url}"]["post"]
+    assert {p["name"] for p in flow["parameters"]} == names - {"Errand-Task-Id"} | {
+        "Errand-Workflow-Id"
+    }
+    body = flow["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/WorkflowResource"}
+    assert "runFinished" in doc["paths"]["/api/v1/schedules"]["post"]["callbacks"]
 
 
 def test_the_readme_snippet_verifies_a_signature() -> None:
