@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Task, current_task, shared_task
+from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 P = TypeVar("P", bound=BaseModel)
@@ -51,12 +52,16 @@ class TaskType:
     # Checks that need more than the params model (e.g. rendering templates for every
     # recipient), run at submit: a list of errors ({"loc", "msg"}), empty when all is well.
     check: Callable[[Any], list[dict[str, Any]]] | None = None
+    # The queue its messages go to: as declared (None: TASK_QUEUE) until
+    # ``app.tasks.routing.resolve`` settles it, TASK_ROUTES first.
+    queue: str | None = None
 
     def schema(self) -> dict[str, Any]:
         """The task type as ``/api/v1/task-types`` lists it."""
         return {
             "name": self.name,
             "description": self.description,
+            "queue": self.queue,
             "params_schema": self.params.model_json_schema(),
         }
 
@@ -68,11 +73,15 @@ def task_type(
     name: str,
     params: type[P],
     check: Callable[[P], list[dict[str, Any]]] | None = None,
+    queue: str | None = None,
     **celery_options: Any,
 ) -> Callable[[Callable[[P], Any]], TaskType]:
     """Declare a task type from a function that takes its validated params.
 
     ``check``, if given, runs at submit after the params validated (see ``TaskType``).
+    ``queue`` names the queue its jobs wait in (default: ``TASK_QUEUE``), so that
+    CPU-bound and I/O-bound types can go to differently pooled workers;
+    ``TASK_ROUTES`` overrides it per deploy.
     """
 
     def declare(func: Callable[[P], Any]) -> TaskType:
@@ -90,7 +99,7 @@ def task_type(
         run.__doc__ = func.__doc__
         task = shared_task(name=name, bind=True, errand_record=True, **celery_options)(run)
         description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        return TaskType(name, description, params, task, check)
+        return TaskType(name, description, params, task, check, queue)
 
     return declare
 
@@ -110,10 +119,23 @@ def build(modules: Iterable[str]) -> Registry:
     return registry
 
 
+class Cancelled(Ignore):
+    """The running task was cancelled: raised by ``report_progress``, so the task stops there.
+
+    Under the prefork pool a cancel stops the task's child process at once; the
+    threads, gevent and solo pools cannot stop a running task from outside, so
+    it stops at its next progress report. Celery ignores the task (its state
+    stays ``REVOKED``, as the cancel stored it) and acknowledges its message.
+    """
+
+
 def report_progress(current: int, total: int, message: str = "") -> None:
     """Store the running task's progress as Celery's ``PROGRESS`` state.
 
-    With task events on, monitors hear it too (Flower shows ``PROGRESS``, a custom state).
+    Raises ``Cancelled`` if the task was cancelled meanwhile (the result store
+    refuses every state but ``REVOKED`` once a cancel is recorded); let it
+    propagate. With task events on, monitors hear it too (Flower shows
+    ``PROGRESS``, a custom state).
     """
     meta = {"current": current, "total": total, "message": message}
     current_task.update_state(state="PROGRESS", meta=meta)

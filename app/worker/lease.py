@@ -113,6 +113,8 @@ def describe(worker: Any, now: float, started: float) -> dict[str, Any]:
         "name": worker.hostname,
         "pool": getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1],
         "concurrency": worker.concurrency,
+        # The queues it consumes (-Q; all of Errand's without it), comma-separated.
+        "queues": ",".join(sorted(worker.app.amqp.queues.consume_from)),
         "active": len(worker_state.active_requests),
         "reserved": len(worker_state.reserved_requests),
         "pid": os.getpid(),

@@ -20,11 +20,13 @@ from kombu.utils.encoding import bytes_to_str
 from app.clock import isotime
 from app.metrics import runtime_bucket
 from app.store import keys, scripts
+from app.tasks.registry import Cancelled
 
 # When each task began to run in this worker process (``app.worker.begin``), so
 # that its run time is counted with the state that ends the run.
 run_started: dict[str, float] = {}
 
+PROGRESS = "PROGRESS"  # app.tasks.registry.report_progress's state
 _RUN_ENDS = frozenset({states.SUCCESS, states.FAILURE, states.RETRY})
 
 
@@ -66,5 +68,7 @@ class ResultStore(RedisBackend):
         args = [value, int(expires or 0), state, isotime(), int(self.expires or 0), final, task_id]
         args += [keys.IN_FLIGHT_PREFIX, bucket, seconds, keys.BY_STATE_PREFIX]
         names = [keys.result(task_id), keys.record(task_id), keys.STATE_COUNTS, keys.RUNTIMES]
-        self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
+        stored = self.ensure(scripts.STORE_RESULT, (self.client, names, *args))
+        if stored == 2 and state == PROGRESS:
+            raise Cancelled(f"task {task_id} was cancelled")  # out of report_progress
         return result

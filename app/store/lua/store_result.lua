@@ -26,15 +26,23 @@
     ARGV[10] the run time, seconds
     ARGV[11] the by-state index prefix  errand:bystate:
 
+  A record that holds a cancel takes no state but REVOKED: a task that a pool
+  could not stop (threads, gevent, solo) cannot turn a cancelled task back into
+  PROGRESS or SUCCESS; told so (2), the worker stops it at its progress report.
+
   Output:
     1  stored
     0  a SUCCESS was stored already: nothing changed
+    2  the task was cancelled: nothing changed
 ]]
 --- @include "set_state"
 
 local current = redis.call('GET', KEYS[1])
 if current and string.find(string.sub(current, 1, 100), '"status":%s*"SUCCESS"') then
   return 0
+end
+if ARGV[3] ~= 'REVOKED' and redis.call('HEXISTS', KEYS[2], 'revoked_at') == 1 then
+  return 2
 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
