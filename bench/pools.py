@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pools.py [--concurrency 2] [--io-concurrency 32]
                                     [--cpu-jobs 200] [--cpu-ms 20]
-                                    [--io-jobs 400] [--io-delay 0.05]
+                                    [--io-jobs 200] [--io-delay 0.05] [--rounds 1]
 
 Starts a private Redis and a local HTTP server that answers after ``--io-delay``
 seconds; then, for each pool (prefork, threads, gevent, solo, and prefork with
@@ -18,7 +18,8 @@ Three workloads: ``cpu`` (``bench.cpu``, about ``--cpu-ms`` of hashing each, on 
 ``--concurrency`` for every pool (solo is always 1), and ``io_high``, the I/O jobs
 again with ``--io-concurrency`` for prefork, threads and gevent. Each figure also comes
 as a ratio to prefork in the same workload of the same run: the machine is shared, so
-read the ratios. Prints one JSON report.
+read the ratios (with ``--rounds``, each figure is the median of the rounds). Prints
+one JSON report.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import http.server
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -166,8 +168,9 @@ def main() -> None:
     parser.add_argument("--io-concurrency", type=int, default=32)
     parser.add_argument("--cpu-jobs", type=int, default=200)
     parser.add_argument("--cpu-ms", type=float, default=20)
-    parser.add_argument("--io-jobs", type=int, default=400)
+    parser.add_argument("--io-jobs", type=int, default=200)
     parser.add_argument("--io-delay", type=float, default=0.05)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="errand-pools-"))
     rounds = rounds_for(args.cpu_ms)
@@ -192,13 +195,18 @@ def main() -> None:
              {name: high[name] for name in ("prefork", "threads", "gevent")}),
         )  # fmt: skip
         for name, job, n, queue, configs in loads:
-            results = {}
-            for pool, options in configs.items():
-                print(f"{name}: {pool} {' '.join(options)} ...", file=sys.stderr)
-                results[pool] = drain(
-                    redis, client, job, n, options, queue, work / f"{name}-{pool}.log"
-                )
-            report[name] = with_ratios(results)
+            rounds = []
+            for round_ in range(args.rounds):
+                results = {}
+                for pool, options in configs.items():
+                    print(f"{name} {round_ + 1}: {pool} {' '.join(options)} ...", file=sys.stderr)
+                    log = work / f"{name}-{pool}-{round_}.log"
+                    results[pool] = drain(redis, client, job, n, options, queue, log)
+                rounds.append(with_ratios(results))
+            report[name] = {
+                pool: {k: statistics.median(r[pool][k] for r in rounds) for k in rounds[0][pool]}
+                for pool in configs
+            }  # each figure the median of the rounds; each ratio taken inside its round
     finally:
         server.shutdown()
         redis.stop()

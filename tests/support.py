@@ -185,7 +185,8 @@ POOLS = ("prefork", "threads", "gevent", "solo")
 class Worker(Process):
     """``celery -A worker:celery_app worker`` as a real subprocess.
 
-    ``pool`` is one of ``POOLS``; ``queues`` is ``-Q``'s value (empty: every queue).
+    ``pool`` is one of ``POOLS``; ``queues`` is ``-Q``'s value (empty: every queue), and
+    ``exclude`` ``-X``'s (every queue but those).
     """
 
     def __init__(
@@ -196,12 +197,14 @@ class Worker(Process):
         concurrency: int = 2,
         pool: str = "prefork",
         queues: str = "",
+        exclude: str = "",
     ) -> None:
         command = [
             str(BIN / "celery"),
             *("-A", "worker:celery_app", "worker", "-P", pool, "-c", str(concurrency)),
             *("-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"),
             *(("-Q", queues) if queues else ()),
+            *(("-X", exclude) if exclude else ()),
         ]
         super().__init__(command, log, env)
 

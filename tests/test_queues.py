@@ -192,3 +192,26 @@ def test_orphan_on_another_queue_is_dropped(stack: Any, tmp_path: Path) -> None:
     wait_for(lambda: "has no Errand record" in log.read_text(), 20)
     assert int(server.client().get(f"test:runs:{sent.id}") or 0) == 0
     assert server.client().llen("cpu") == 0
+
+
+def test_the_compose_split_sends_mail_to_the_threads_worker(stack: Any, tmp_path: Path) -> None:
+    # compose.yaml's two workers: prefork for every queue but io, threads for io.
+    server = stack("redis")
+    sink = stack("smtp")
+    settings = {"TASK_ROUTES": "email.*=io", "MAIL_PORT": str(sink.port)}
+    settings["MAIL_SERVER"] = "127.0.0.1"
+    env = errand_env(server.url, **settings)
+    stack("worker", env, tmp_path / "cpu.log", "cpu", exclude="io")
+    stack("worker", env, tmp_path / "io.log", "io", concurrency=20, pool="threads", queues="io")
+    client = make_app(server.url, **settings).test_client()
+    mail = {"to": ["ada@example.com"], "subject": "split", "body": "hello"}
+    sent = submit(client, "email.send", mail)
+    echoed = submit(client, "test.echo", {"value": 3})
+    assert wait_task(client, sent)["state"] == "SUCCESS"
+    assert wait_task(client, echoed)["state"] == "SUCCESS"
+    assert "split" in sink.received()
+    assert sent.rsplit("/", 1)[-1] in (tmp_path / "io.log").read_text()
+    assert echoed.rsplit("/", 1)[-1] in (tmp_path / "cpu.log").read_text()
+    workers = {w["name"].split("@")[0]: w for w in client.get("/api/v1/workers").json["items"]}
+    assert workers["io"]["queues"] == ["io"] and workers["io"]["pool"] == "thread"
+    assert workers["cpu"]["queues"] == ["celery"]
