@@ -68,9 +68,9 @@ class Poller(kombu_redis.MultiChannelPoller):
 
     def maybe_restore_messages(self) -> Any:
         # Each empty wait sweeps for abandoned messages; short waits must not sweep
-        # twenty times a second (event-loop workers sweep on a timer, every second or more).
+        # a hundred times a second (event-loop workers sweep on a timer, every second or more).
         now = time.monotonic()
-        if now - self.last_restore < 1.0:
+        if now - self.last_restore < 0.5:
             return None
         self.last_restore = now
         return super().maybe_restore_messages()
