@@ -80,6 +80,40 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) 
     return value
 
 
+# A queue is a plain name: it becomes a Redis list (and RabbitMQ queue) of that name, so
+# kombu's own keys on a Redis broker are refused (``unacked``, ``_kombu.binding.*``).
+_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KOMBU_KEYS = {"unacked", "unacked_index", "unacked_mutex"}
+# A route's pattern is a task type's name, or a prefix of names ending in ``*``.
+_PATTERN = re.compile(r"^(?:[A-Za-z0-9_.-]{1,100}|[A-Za-z0-9_.-]{0,99}\*)$")
+
+
+def queue_name(name: str, value: str) -> str:
+    """``value`` if it can name a queue, else a ConfigError that says which setting is wrong."""
+    if not _QUEUE.match(value) or value in _KOMBU_KEYS or value.startswith("_kombu"):
+        raise ConfigError(
+            f"{name} must name queues with letters, digits, '_', '.' and '-' "
+            f"(at most 64, not kombu's own keys), not {value!r}"
+        )
+    return value
+
+
+def _routes(env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
+    """``demo.progress=io,email.*=mail`` as [(pattern, queue)], in the order given."""
+    routes = []
+    for part in env.get(name, "").split(","):
+        if not part.strip():
+            continue
+        pattern, equals, queue = (s.strip() for s in part.partition("="))
+        if not equals or not _PATTERN.match(pattern):
+            raise ConfigError(
+                f"{name} must look like 'demo.progress=io,email.*=mail' (a task type's name "
+                f"or a prefix ending in *, '=', a queue), not {part.strip()!r}"
+            )
+        routes.append((pattern, queue_name(name, queue)))
+    return routes
+
+
 def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the Flask configuration (with a ``CELERY`` section) for this environment."""
     env = os.environ if environ is None else environ
@@ -130,7 +164,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     timeout = _float(env, "REDIS_TIMEOUT", 1.0)
     restore_interval = max(1, visibility // 6)
 
-    queue = env.get("TASK_QUEUE", "celery")
+    queue = queue_name("TASK_QUEUE", env.get("TASK_QUEUE") or "celery")
     transport = {
         "visibility_timeout": visibility,
         "socket_timeout": timeout,
@@ -211,6 +245,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # gunicorn.conf.py sets this so that every gunicorn worker's metrics add up.
         "METRICS_MULTIPROCESS": bool(env.get("PROMETHEUS_MULTIPROC_DIR")),
         "LOG_FORMAT": _choice(env, "LOG_FORMAT", "text", {"text", "json"}),
+        "TASK_ROUTES": _routes(env, "TASK_ROUTES"),
         "TASK_MODULES": [m.strip() for m in env.get("TASK_MODULES", "").split(",") if m.strip()],
         "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
         "MAIL_PORT": _int(env, "MAIL_PORT", 1025, low=1),

@@ -12,7 +12,7 @@ from app.extensions import mail
 from app.jobs import Jobs
 from app.jobs.schedules import Schedules
 from app.jobs.workflows import Workflows
-from app.tasks import BUILT_IN, registry
+from app.tasks import BUILT_IN, registry, routing
 from app.worker import celery_init_app
 
 
@@ -31,7 +31,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["REDIS_URL"], app.config["REDIS_TIMEOUT"], app.config["REDIS_MAX_CONNECTIONS"]
     )
     app.extensions["errand.redis"] = client
-    task_types = registry.build([*BUILT_IN, *app.config["TASK_MODULES"]])
+    task_types = routing.resolve(
+        registry.build([*BUILT_IN, *app.config["TASK_MODULES"]]),
+        app.config["TASK_ROUTES"],
+        app.config["CELERY"]["task_default_queue"],
+    )
     app.extensions["errand.task_types"] = task_types
     celery_app = celery_init_app(app)  # also registers errand's own periodic jobs
     jobs = app.extensions["errand.jobs"] = Jobs(client, celery_app, task_types, app.config)

@@ -242,6 +242,7 @@ class TaskType(Answer):
 
     name: str
     description: str
+    queue: str = Field(description="where its jobs wait: TASK_ROUTES, its own, or TASK_QUEUE")
     params_schema: dict[str, Any] = Field(description="the JSON Schema its params must match")
     accepts_previous: bool = Field(
         description="in a workflow, it gets the previous step's result (a group's final step: "
@@ -326,6 +327,7 @@ class Worker(Answer):
     name: str
     pool: str = Field(description="the pool's module, e.g. prefork")
     concurrency: int
+    queues: list[str] = Field(description="the queues it consumes (-Q; without it, all of them)")
     active: int = Field(ge=0, description="tasks running")
     reserved: int = Field(ge=0, description="tasks prefetched, not yet running")
     pid: int
@@ -340,14 +342,16 @@ class WorkerList(Answer):
 
 
 class Queue(Answer):
-    """A queue the workers consume, and how many messages wait in it."""
+    """A queue Errand uses, how many messages wait in it, and who takes them."""
 
     name: str
     depth: int = Field(ge=0)
+    task_types: list[str] = Field(description="the task types whose jobs go to it")
+    workers: int = Field(ge=0, description="live workers that consume it (0: its jobs wait)")
 
 
 class QueueList(Answer):
-    """Every queue the workers consume."""
+    """Every queue Errand uses: TASK_QUEUE and each task type's."""
 
     items: list[Queue]
 

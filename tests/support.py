@@ -181,14 +181,32 @@ def errand_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-class Worker(Process):
-    """``celery -A worker:celery_app worker`` as a real subprocess."""
+POOLS = ("prefork", "threads", "gevent", "solo")
 
-    def __init__(self, env: dict[str, str], log: Path, name: str, concurrency: int = 2) -> None:
+
+class Worker(Process):
+    """``celery -A worker:celery_app worker`` as a real subprocess.
+
+    ``pool`` is one of ``POOLS``; ``queues`` is ``-Q``'s value (empty: every queue), and
+    ``exclude`` ``-X``'s (every queue but those).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        name: str,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        queues: str = "",
+        exclude: str = "",
+    ) -> None:
         command = [
             str(BIN / "celery"),
-            *("-A", "worker:celery_app", "worker", "-P", "prefork", "-c", str(concurrency)),
+            *("-A", "worker:celery_app", "worker", "-P", pool, "-c", str(concurrency)),
             *("-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"),
+            *(("-Q", queues) if queues else ()),
+            *(("-X", exclude) if exclude else ()),
         ]
         super().__init__(command, log, env)
 

@@ -29,7 +29,8 @@ from tests.support import BIN, ROOT, Api, RedisServer, errand_env, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 COMPOSE = ROOT / "compose.yaml"
-ERRAND_SERVICES = {"api", "worker", "beat"}
+ERRAND_SERVICES = {"api", "worker", "worker-io", "beat"}
+WORKERS = ("worker", "worker-io")
 MAIL_SETTINGS = {
     "MAIL_SERVER",
     "MAIL_PORT",
@@ -78,8 +79,9 @@ def test_compose_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
     api = words(services["api"]["healthcheck"]["test"])
     assert "python" in api and "/readyz" in api
-    worker = words(services["worker"]["healthcheck"]["test"])
-    assert "celery -A worker:celery_app inspect ping -d celery@$$HOSTNAME" in worker
+    for name in WORKERS:
+        worker = words(services[name]["healthcheck"]["test"])
+        assert "celery -A worker:celery_app inspect ping -d celery@$$HOSTNAME" in worker
     assert "ping" in words(services["redis"]["healthcheck"]["test"])
     # The image's HEALTHCHECK is the API's: beat must not inherit it.
     assert services["beat"]["healthcheck"] == {"disable": True}
@@ -104,7 +106,18 @@ def test_compose_environment_is_errands_settings(compose: dict[str, Any]) -> Non
             assert f'"{setting}"' in known, f"{setting} is no setting of Errand's"
     assert compose["x-errand-env"]["ERRAND_ENV"].endswith(":-production}")
     grace = int(re.sub(r"\D", "", compose["x-errand-env"]["WORKER_SHUTDOWN_GRACE"]))
-    assert int(compose["services"]["worker"]["stop_grace_period"].rstrip("s")) > grace
+    for name in WORKERS:
+        assert int(compose["services"][name]["stop_grace_period"].rstrip("s")) > grace
+
+
+def test_compose_workers_split_the_queues(compose: dict[str, Any]) -> None:
+    # One prefork worker for everything but io, one threads worker for io, where the
+    # default TASK_ROUTES sends mail: every queue has a consumer, and only one.
+    cpu = words(compose["services"]["worker"]["command"])
+    io = words(compose["services"]["worker-io"]["command"])
+    assert "-P prefork" in cpu and "-X io" in cpu
+    assert "-P threads" in io and "-Q io" in io
+    assert compose["x-errand-env"]["TASK_ROUTES"].endswith(":-email.*=io}")
 
 
 def test_compose_variables_have_defaults_or_are_documented() -> None:

@@ -147,5 +147,7 @@ def test_queue_depth_counts_waiting_messages(stack: Any) -> None:
     for value in range(3):
         submit(quiet, "test.echo", {"value": value})
     submit(quiet, "test.echo", {"value": 9}, priority=9)
-    assert quiet.get("/api/v1/queues").json["items"] == [{"name": "celery", "depth": 4}]
+    [queue] = quiet.get("/api/v1/queues").json["items"]
+    assert (queue["name"], queue["depth"], queue["workers"]) == ("celery", 4, 0)
+    assert "test.echo" in queue["task_types"]
     assert quiet.get("/api/v1/workers").json["items"] == []

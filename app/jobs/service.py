@@ -204,7 +204,7 @@ class Jobs:
             task_id,
             task_type.name,
             params_json,
-            self.queue,
+            task_type.queue or self.queue,
             options.get("countdown", 0),
             priority,
             # A message and its record land together: no record means none is coming.
@@ -220,7 +220,7 @@ class Jobs:
                 deadline_us=deadline_us,
                 params_json=params_json.decode(),
                 owner=principal.key_id,
-                queue_list=messages.queue_list(self.queue, priority),
+                queue_list=messages.queue_list(task_type.queue or self.queue, priority),
                 message=message,
                 quota=quota,
                 in_flight_cap=self.in_flight_limit,
@@ -283,7 +283,7 @@ class Jobs:
         if self.redis_broker:  # higher runs first, as on RabbitMQ (see app.worker.messages)
             options = {**options, "priority": messages.redis_priority(options.get("priority"))}
         self.celery_app.tasks[task_type.name].apply_async(
-            args=[params], task_id=task_id, headers=headers, **options
+            args=[params], task_id=task_id, headers=headers, queue=task_type.queue, **options
         )
 
     def _reserve(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Task, current_task, shared_task
+from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.errors import Unprocessable
@@ -72,6 +73,9 @@ class TaskType:
     check: Callable[[Any], list[dict[str, Any]]] | None = None
     # In a workflow, called with the previous step's result as ``previous=``.
     accepts_previous: bool = False
+    # The queue its messages go to: as declared (None: TASK_QUEUE) until
+    # ``app.tasks.routing.resolve`` settles it, TASK_ROUTES first.
+    queue: str | None = None
 
     def validate(self, raw: dict[str, Any]) -> BaseModel:
         """The params of a submit validated and checked (``check``), or a 422 saying where."""
@@ -92,6 +96,7 @@ class TaskType:
         return {
             "name": self.name,
             "description": self.description,
+            "queue": self.queue,
             "params_schema": self.params.model_json_schema(),
             "accepts_previous": self.accepts_previous,
         }
@@ -105,12 +110,16 @@ def task_type(
     params: type[P],
     check: Callable[[P], list[dict[str, Any]]] | None = None,
     accepts_previous: bool = False,
+    queue: str | None = None,
     **celery_options: Any,
 ) -> Callable[[Callable[..., Any]], TaskType]:
     """Declare a task type from a function that takes its validated params.
 
     ``check``, if given, runs at submit after the params validated (see ``TaskType``);
     ``accepts_previous``: the function takes a workflow's previous result as ``previous=``.
+    ``queue`` names the queue its jobs wait in (default: ``TASK_QUEUE``), so that
+    CPU-bound and I/O-bound types can go to differently pooled workers;
+    ``TASK_ROUTES`` overrides it per deploy.
     """
 
     def declare(func: Callable[..., Any]) -> TaskType:
@@ -132,7 +141,7 @@ def task_type(
         run.__doc__ = func.__doc__
         task = shared_task(name=name, bind=True, errand_record=True, **celery_options)(run)
         description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        return TaskType(name, description, params, task, check, accepts_previous)
+        return TaskType(name, description, params, task, check, accepts_previous, queue)
 
     return declare
 
@@ -152,10 +161,23 @@ def build(modules: Iterable[str]) -> Registry:
     return registry
 
 
+class Cancelled(Ignore):
+    """The running task was cancelled: raised by ``report_progress``, so the task stops there.
+
+    Under the prefork pool a cancel stops the task's child process at once; the
+    threads, gevent and solo pools cannot stop a running task from outside, so
+    it stops at its next progress report. Celery ignores the task (its state
+    stays ``REVOKED``, as the cancel stored it) and acknowledges its message.
+    """
+
+
 def report_progress(current: int, total: int, message: str = "") -> None:
     """Store the running task's progress as Celery's ``PROGRESS`` state.
 
-    With task events on, monitors hear it too (Flower shows ``PROGRESS``, a custom state).
+    Raises ``Cancelled`` if the task was cancelled meanwhile (the result store
+    refuses every state but ``REVOKED`` once a cancel is recorded); let it
+    propagate. With task events on, monitors hear it too (Flower shows
+    ``PROGRESS``, a custom state).
     """
     meta = {"current": current, "total": total, "message": message}
     current_task.update_state(state="PROGRESS", meta=meta)

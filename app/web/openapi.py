@@ -570,9 +570,13 @@ def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
             "get": {
                 "operationId": "listQueues",
                 "tags": ["operations"],
-                "summary": "Queue depths (admin keys only)",
+                "summary": "Every queue: depth, task types, consumers (admin keys only)",
                 "responses": {
-                    "200": _answer("Messages waiting in each queue.", _ref("QueueList")),
+                    "200": _answer(
+                        "Each queue Errand uses: messages waiting, the task types routed to it "
+                        "and the live workers that consume it.",
+                        _ref("QueueList"),
+                    ),
                     "403": _ref("Forbidden", "responses"),
                 },
             }

@@ -10,7 +10,7 @@ from app.errors import BrokerUnavailable, StoreUnavailable
 from app.jobs.service import BROKER_ERRORS
 from app.metrics import WorkerMetrics, exposition
 from app.worker import celery_of
-from app.worker.fleet import count_live_workers, live_workers, queue_depths
+from app.worker.fleet import count_live_workers, live_workers, queue_depths, queue_listing
 
 bp = Blueprint("operations", __name__)
 
@@ -30,7 +30,12 @@ def queues() -> Response:
         depths = queue_depths(celery_of(current_app))
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"the broker did not answer: {exc}") from exc
-    return jsonify({"items": [{"name": n, "depth": d} for n, d in depths.items()]})
+    try:
+        found = live_workers(store.client(), current_app.config["LEASE_INTERVAL"])
+    except BROKER_ERRORS as exc:
+        raise StoreUnavailable(f"the task store did not answer: {exc}") from exc
+    task_types = current_app.extensions["errand.task_types"]
+    return jsonify({"items": queue_listing(depths, task_types, found)})
 
 
 @bp.get("/metrics")

@@ -21,7 +21,9 @@ from kombu.transport import TRANSPORT_ALIASES
 
 from app import store
 from app.store import keys, records
+from app.tasks import routing
 from app.tasks.maintenance import prune_index
+from app.tasks.registry import Cancelled
 from app.worker import signals, webhooks
 from app.worker.lease import Lease
 from app.worker.results import run_started
@@ -48,18 +50,30 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 if self.errand_record and not self.request.called_directly:
                     begin(self)
-                return self.run(*args, **kwargs)
+                try:
+                    return self.run(*args, **kwargs)
+                except Cancelled:  # stopped at a progress report (threads, gevent, solo)
+                    log.info("task %s was cancelled while it ran; stopped", self.request.id)
+                    run_started.pop(self.request.id, None)
+                    _tell_monitors(self, "task-revoked", terminated=True, signum=None)
+                    raise
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
     conf = celery_app.conf
-    if not conf.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        # Priority is 0 to 9, higher first, on both brokers; RabbitMQ honours it only on
-        # a queue declared with x-max-priority (on Redis: app.worker.messages).
-        name = conf.task_default_queue
-        conf.task_queues = [
-            Queue(name, Exchange(name), routing_key=name, queue_arguments={"x-max-priority": 9})
-        ]
+    # Every queue a task type uses, and the default one (Errand's own jobs): a worker
+    # started without -Q consumes them all; -Q picks some. Priority is 0 to 9, higher
+    # first, on both brokers; RabbitMQ honours it only on a queue declared with
+    # x-max-priority (on Redis: app.worker.messages).
+    task_types = app.extensions["errand.task_types"]
+    redis_broker = conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
+    arguments = None if redis_broker else {"x-max-priority": 9}
+    conf.task_queues = [
+        Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments)
+        for name in routing.queues(task_types, conf.task_default_queue)
+    ]
+    # apply_async, send_task and canvas (chains, chords) send each type to its queue.
+    conf.task_routes = {name: {"queue": t.queue} for name, t in task_types.items()}
     celery_app.conf.beat_schedule = {
         "prune-task-index": {"task": prune_index.name, "schedule": app.config["PRUNE_INTERVAL"]},
     }

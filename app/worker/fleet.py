@@ -10,6 +10,7 @@ from amqp.exceptions import ChannelError
 from celery import Celery
 
 from app.store import keys
+from app.tasks.registry import Registry
 
 _NUMBERS = ("concurrency", "active", "reserved", "pid")
 
@@ -27,6 +28,7 @@ def live_workers(client: redis.Redis, lease_interval: float) -> list[dict[str, A
             about: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
             for field in _NUMBERS:
                 about[field] = int(about.get(field, 0))
+            about["queues"] = [q for q in about.get("queues", "").split(",") if q]
             workers.append(about)
     return sorted(workers, key=lambda w: w["name"])
 
@@ -37,7 +39,7 @@ def count_live_workers(client: redis.Redis, lease_interval: float) -> int:
 
 
 def queue_depths(celery_app: Celery) -> dict[str, int]:
-    """Messages waiting in each queue the workers consume, asked of the broker."""
+    """Messages waiting in each queue Errand uses (``app.worker``'s ``task_queues``)."""
     names = sorted(celery_app.amqp.queues.keys()) or [celery_app.conf.task_default_queue]
     depths = {}
     with celery_app.connection_for_read() as connection:
@@ -52,3 +54,21 @@ def queue_depths(celery_app: Celery) -> dict[str, int]:
                         raise
                     depths[name] = 0
     return depths
+
+
+def queue_listing(
+    depths: dict[str, int], task_types: Registry, workers: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each queue: its depth, the task types routed to it, how many live workers consume it.
+
+    A queue with jobs and no worker is a deploy that forgot a ``-Q``: its jobs wait.
+    """
+    return [
+        {
+            "name": name,
+            "depth": depth,
+            "task_types": sorted(n for n, t in task_types.items() if t.queue == name),
+            "workers": sum(name in w["queues"] for w in workers),
+        }
+        for name, depth in depths.items()
+    ]

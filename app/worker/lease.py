@@ -45,6 +45,45 @@ def held_tags(worker: Any) -> list[str]:
     return []
 
 
+def restore_abandoned(worker: Any) -> None:
+    """Put back on their queues the messages whose lease ran out (kombu's own sweep)."""
+    consumer = getattr(worker, "consumer", None)
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    if channel is not None:
+        channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
+
+
+# Set once the worker gave its leases up (``release``): renewing them stops for good.
+released = threading.Event()
+
+
+def unacked_index(conf: Any) -> str:
+    """kombu's sorted set of delivered messages, scored by when their lease began."""
+    options = conf.broker_transport_options or {}
+    return options.get("global_keyprefix", "") + options.get("unacked_index_key", "unacked_index")
+
+
+def release(worker: Any) -> int:
+    """Give up the lease of every message the worker holds, so they come back soon; how many.
+
+    Each lease is dated 0, as if it had run out long ago: the next sweep of any live
+    worker (every ``VISIBILITY_TIMEOUT / 6`` seconds) puts the messages back on their
+    queues, or a worker's first sweep when it starts. Pushing them back from here
+    instead could hand them to this process's own pending BRPOP just as it exits, and
+    lose them. On RabbitMQ nothing is needed: the broker returns unacknowledged
+    messages when the connection drops.
+    """
+    released.set()
+    app = worker.app
+    if app.connection_for_read().transport.driver_type != "redis":
+        return 0
+    tags = held_tags(worker)
+    if tags:
+        broker = connect(app.conf.broker_url, app.flask_app.config["REDIS_TIMEOUT"])
+        broker.zadd(unacked_index(app.conf), dict.fromkeys(tags, 0), xx=True)
+    return len(tags)
+
+
 class Lease(bootsteps.StartStopStep):
     """Worker bootstep: renews message leases and the heartbeat on a timer thread."""
 
@@ -78,20 +117,24 @@ class Lease(bootsteps.StartStopStep):
         interval = flask_app.config["LEASE_INTERVAL"]
         timeout = flask_app.config["REDIS_TIMEOUT"]
         redis_broker = app.connection_for_read().transport.driver_type == "redis"
-        options = conf.broker_transport_options or {}
-        index_key = options.get("global_keyprefix", "") + options.get(
-            "unacked_index_key", "unacked_index"
-        )
+        index_key = unacked_index(conf)
         broker = connect(conf.broker_url, timeout) if redis_broker else None
         results = flask_app.extensions["errand.redis"]
         about = keys.worker(worker.hostname)
+        # kombu sweeps for abandoned messages from the event loop's timer; a gevent
+        # worker has no such loop (Celery's synloop), and its sweep waits for a BRPOP
+        # that ends with nothing, which never comes while other replies arrive: a
+        # gevent-only fleet would never bring back a dead worker's jobs. Sweep here.
+        sweep = redis_broker and getattr(worker.pool, "is_green", False)
         started = time.time()
         while True:
             try:
                 tags = held_tags(worker) if broker is not None else []
                 now = time.time()
-                if tags and broker is not None:
+                if tags and broker is not None and not released.is_set():
                     broker.zadd(index_key, dict.fromkeys(tags, now), xx=True)
+                if sweep:
+                    restore_abandoned(worker)
                 pipe = results.pipeline(transaction=False)
                 pipe.zadd(keys.WORKERS, {worker.hostname: now})
                 pipe.hset(about, mapping=describe(worker, now, started))
@@ -113,6 +156,8 @@ def describe(worker: Any, now: float, started: float) -> dict[str, Any]:
         "name": worker.hostname,
         "pool": getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1],
         "concurrency": worker.concurrency,
+        # The queues it consumes (-Q; all of Errand's without it), comma-separated.
+        "queues": ",".join(sorted(worker.app.amqp.queues.consume_from)),
         "active": len(worker_state.active_requests),
         "reserved": len(worker_state.reserved_requests),
         "pid": os.getpid(),

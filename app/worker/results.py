@@ -21,12 +21,14 @@ from kombu.utils.encoding import bytes_to_str
 from app.clock import isotime
 from app.metrics import runtime_bucket
 from app.store import keys, records, scripts
+from app.tasks.registry import Cancelled
 from app.worker.webhooks import queue_delivery
 
 # When each task began to run in this worker process (``app.worker.begin``), so
 # that its run time is counted with the state that ends the run.
 run_started: dict[str, float] = {}
 
+PROGRESS = "PROGRESS"  # app.tasks.registry.report_progress's state
 _RUN_ENDS = frozenset({states.SUCCESS, states.FAILURE, states.RETRY})
 NOT_RUN = "not run: an earlier step of its workflow failed or was cancelled"
 
@@ -85,6 +87,8 @@ class ResultStore(RedisBackend):
             workflow = self.ensure(self.client.hget, (keys.record(task_id), "workflow"))
             if workflow:
                 queue_delivery(self.app, bytes_to_str(workflow), "workflow")
+        elif stored == 4 and state == PROGRESS:
+            raise Cancelled(f"task {task_id} was cancelled")  # out of report_progress
         return result
 
     def _fail_chain(self, chain: Any, exc: Any, traceback: Any = None, **kwargs: Any) -> None:

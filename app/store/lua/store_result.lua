@@ -31,6 +31,10 @@
     ARGV[11] the by-state index prefix  errand:bystate:
     ARGV[12] the workflow key prefix    errand:workflow:
 
+  A record that holds a cancel takes no state but REVOKED: a task that a pool
+  could not stop (threads, gevent, solo) cannot turn a cancelled task back into
+  PROGRESS or SUCCESS; told so (4), the worker stops it at its progress report.
+
   Output:
     2  stored, the task's first final state, and it has a callback_url: its
        webhook is to be delivered now (this answer comes once per task)
@@ -40,6 +44,7 @@
        have no callback_url of their own)
     1  stored
     0  a SUCCESS was stored already: nothing changed
+    4  the task was cancelled: nothing changed
 ]]
 --- @include "set_state"
 
@@ -68,6 +73,9 @@ end
 local current = redis.call('GET', KEYS[1])
 if current and string.find(string.sub(current, 1, 100), '"status":%s*"SUCCESS"') then
   return 0
+end
+if ARGV[3] ~= 'REVOKED' and redis.call('HEXISTS', KEYS[2], 'revoked_at') == 1 then
+  return 4
 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
