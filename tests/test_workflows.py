@@ -159,8 +159,15 @@ def test_unknown_workflow_is_404(client: FlaskClient, workflow_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def secured(redis_server: RedisServer) -> Flask:
-    return make_app(redis_server.url, **SECURED, IN_FLIGHT_LIMIT="3")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    # A Redis of its own that no worker reads: the cap's places must stay held, and
+    # nothing but these tests may write keys while they count them.
+    server = RedisServer(tmp_path_factory.mktemp("capped"))
+    server.start()
+    try:
+        yield make_app(server.url, **SECURED, IN_FLIGHT_LIMIT="3")
+    finally:
+        server.stop()
 
 
 def test_in_flight_cap_counts_every_step_and_refuses_whole(secured: Flask) -> None:
