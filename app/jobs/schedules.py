@@ -103,6 +103,20 @@ class Spec:
     paused: bool = False
     callback_url: str | None = None
 
+    @classmethod
+    def of(cls, body: Any) -> Spec:
+        """The spec of a validated create (``app.schemas.ScheduleCreate``): API or file."""
+        return cls(
+            task=body.task,
+            params=body.params,
+            options=body.options.model_dump(exclude_none=True),
+            crontab=body.crontab,
+            timezone=body.timezone,
+            interval=body.interval,
+            paused=body.paused,
+            callback_url=body.callback_url,
+        )
+
     def timing(self) -> BaseSchedule:
         """The Celery schedule (the spec must have been checked)."""
         if self.crontab is not None:

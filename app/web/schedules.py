@@ -62,16 +62,7 @@ def create() -> Response:
         body = ScheduleCreate.model_validate(json_object())
     except ValidationError as exc:
         raise Unprocessable("the schedule is not valid", validation_errors(exc)) from None
-    spec = Spec(
-        task=body.task,
-        params=body.params,
-        options=body.options.model_dump(exclude_none=True),
-        crontab=body.crontab,
-        timezone=body.timezone,
-        interval=body.interval,
-        paused=body.paused,
-        callback_url=body.callback_url,
-    )
+    spec = Spec.of(body)
     schedule = schedules().create(current(), spec, params_as_submitted)
     return _schedule_response(schedule, 201)
 

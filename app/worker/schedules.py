@@ -105,16 +105,7 @@ def read_file(path: Path, service: Schedules) -> dict[str, Spec]:
         except ValidationError as exc:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
             raise SystemExit(_problem(path, where, errors, "not valid")) from None
-        spec = Spec(
-            task=body.task,
-            params=body.params,
-            options=body.options.model_dump(exclude_none=True),
-            crontab=body.crontab,
-            timezone=body.timezone,
-            interval=body.interval,
-            paused=body.paused,
-            callback_url=body.callback_url,
-        )
+        spec = Spec.of(body)
         try:
             specs[name] = service.check(spec, params_checked)
         except Unprocessable as exc:
