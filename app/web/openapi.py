@@ -440,7 +440,7 @@ def _paths(registry: Registry, metrics_public: bool) -> dict[str, Any]:
                     "415": _problem("The body is not application/json."),
                     "422": _problem(
                         "Unknown task type, params, options or callback_url not valid, a number "
-                        "too large for a double (with errors), or an Idempotency-Key used before "
+                        "too large to keep (with errors), or an Idempotency-Key used before "
                         "with another request."
                     ),
                 },

@@ -59,13 +59,24 @@ def _reject_constant(name: str) -> None:
 
 
 class NotFinite(ValueError):
-    """A number in the body is too large for a double (it would be stored as null)."""
+    """A number in the body is too large to keep: a double's range, or a 64-bit integer's."""
 
 
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise NotFinite(text[:40])
+        raise NotFinite(f"not a finite number: {text[:40]}")
+    return value
+
+
+# Integers a record and a message can hold (orjson, Lua and most JSON readers stop here).
+INT_RANGE = range(-(2**63), 2**64)
+
+
+def _integer(text: str) -> int:
+    value = int(text)
+    if value not in INT_RANGE:
+        raise NotFinite(f"an integer beyond 64 bits: {text[:40]}")
     return value
 
 
@@ -92,11 +103,12 @@ def json_object() -> dict[str, Any]:
     raw = _body()
     g.body_size = len(raw)
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
+        body = json.loads(
+            raw, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer
+        )
     except NotFinite as exc:
         raise Unprocessable(
-            "the body holds a number too large for a double",
-            [{"loc": ["body"], "msg": f"not a finite number: {exc}"}],
+            "the body holds a number too large to keep", [{"loc": ["body"], "msg": str(exc)}]
         ) from None
     except (ValueError, RecursionError) as exc:
         raise InvalidBody(f"the body is not valid JSON: {exc}") from None
