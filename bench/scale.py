@@ -105,7 +105,7 @@ class RedisMeter:
         commands = {
             name.removeprefix("cmdstat_"): value
             for name, value in stats.items()
-            if name not in {"cmdstat_config", "cmdstat_info"}
+            if not name.startswith(("cmdstat_config", "cmdstat_info"))  # the meter's own
         }
         return {
             "cpu_ms": round((after[0] - self.before[0]) / count * 1000, 4),
