@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import time
+import uuid
 
+import redis
 from celery import current_task
 from pydantic import Field
 
 from app import store
 from app.tasks.registry import Params, task_type
 
+# Count once per run token, so that a count sent again (the reply was lost) counts once.
+COUNT_ONCE = """
+if redis.call('SET', KEYS[2], 1, 'NX', 'EX', 3600) then return redis.call('INCR', KEYS[1]) end
+return tonumber(redis.call('GET', KEYS[1]))
+"""
+
 
 def count_run() -> int:
-    """Count this run of the current task in Redis, so tests can see duplicates."""
-    return int(store.client().incr(f"test:runs:{current_task.request.id}"))
+    """Count this run of the current task in Redis, so tests can see duplicates.
+
+    Test instrumentation, not the job: it waits out a Redis that is hung or
+    restarting (the fault tests do that) rather than failing the job.
+    """
+    task_id = current_task.request.id
+    names = [f"test:runs:{task_id}", f"test:run-token:{task_id}:{uuid.uuid4()}"]
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            return int(store.client().eval(COUNT_ONCE, 2, *names))
+        except redis.RedisError:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.2)
 
 
 class Sleep(Params):
