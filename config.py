@@ -114,6 +114,21 @@ def _routes(env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
     return routes
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+_SENTINEL = re.compile(r"^sentinel://(?:[^@/;]*@)?[A-Za-z0-9.\-\[\]:]+(?::\d+)?(?:/\d*)?$")
+
+
+def _sentinel_url(name: str, url: str) -> None:
+    """A ``sentinel://host:port;sentinel://host:port/0`` URL, or a ConfigError."""
+    for part in url.split(";"):
+        if not _SENTINEL.match(part.strip()):
+            shown = re.sub(r"//[^@/;]*@", "//***@", part.strip())  # never a password
+            raise ConfigError(
+                f"{name} must list sentinels as sentinel://host:port;sentinel://host:port/0, "
+                f"not {shown!r}"
+            )
+
+
 def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the Flask configuration (with a ``CELERY`` section) for this environment."""
     env = os.environ if environ is None else environ
@@ -149,11 +164,21 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     redis_url = env.get("REDIS_URL", "redis://localhost:6379/0")
     broker_url = env.get("CELERY_BROKER_URL") or redis_url
     result_url = env.get("CELERY_RESULT_BACKEND") or redis_url
-    if not result_url.startswith(("redis://", "rediss://", "unix://")):
+    if not result_url.startswith(REDIS_SCHEMES):
         raise ConfigError(
-            "CELERY_RESULT_BACKEND must be a redis:// or rediss:// URL: "
+            "CELERY_RESULT_BACKEND must be a redis://, rediss:// or sentinel:// URL: "
             "Errand keeps its task records beside the results"
         )
+    sentinel_master = env.get("REDIS_SENTINEL_MASTER", "")
+    sentinel_password = env.get("REDIS_SENTINEL_PASSWORD", "")
+    sentinel_options: dict[str, Any] = {}
+    for name, url in (("REDIS_URL", redis_url), ("CELERY_BROKER_URL", broker_url),
+                      ("CELERY_RESULT_BACKEND", result_url)):  # fmt: skip
+        if url.startswith("sentinel://"):
+            _sentinel_url(name, url)
+            if not sentinel_master:
+                raise ConfigError(f"REDIS_SENTINEL_MASTER must name the primary {name} asks for")
+    min_replicas = _int(env, "REDIS_MIN_REPLICAS", 0)
 
     sender = env.get("MAIL_DEFAULT_SENDER", "errand@localhost")
     if any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in sender):
@@ -163,6 +188,20 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     visibility = _int(env, "VISIBILITY_TIMEOUT", 60, low=4)
     timeout = _float(env, "REDIS_TIMEOUT", 1.0)
     restore_interval = max(1, visibility // 6)
+    # WAIT holds the connection: it must end well inside the socket's timeout.
+    replica_wait = _float(env, "REDIS_REPLICA_WAIT", min(0.5, timeout / 2))
+    if replica_wait >= timeout:
+        raise ConfigError(
+            f"REDIS_REPLICA_WAIT ({replica_wait}) must be shorter than REDIS_TIMEOUT ({timeout})"
+        )
+    if sentinel_master:
+        # How kombu, Celery's result backend and redis-py find the primary.
+        sentinel_options = {
+            "master_name": sentinel_master,
+            "sentinel_kwargs": {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        }
+        if sentinel_password:
+            sentinel_options["sentinel_kwargs"]["password"] = sentinel_password
 
     queue = queue_name("TASK_QUEUE", env.get("TASK_QUEUE") or "celery")
     transport = {
@@ -171,17 +210,22 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "socket_connect_timeout": timeout,
         "unacked_restore_interval": restore_interval,
         "unacked_restore_throttle": 1,
+        **(sentinel_options if broker_url.startswith("sentinel://") else {}),
     }
+    backend = "SentinelResultStore" if result_url.startswith("sentinel://") else "ResultStore"
+    result_options: dict[str, Any] = {"visibility_timeout": visibility}
+    if result_url.startswith("sentinel://"):
+        result_options.update(sentinel_options)
     celery = {
         "broker_url": broker_url,
         # Our subclass of Celery's Redis backend also closes task records.
-        "result_backend": f"app.worker.results:ResultStore+{result_url}",
+        "result_backend": f"app.worker.results:{backend}+{result_url}",
         "result_expires": retention,
         # A finished task whose result cannot be stored waits and retries (its
         # message stays unacknowledged and leased) rather than being lost.
         "result_backend_always_retry": True,
         "result_backend_max_sleep_between_retries_ms": 2000,
-        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "result_backend_transport_options": result_options,
         "redis_socket_timeout": timeout,
         "redis_socket_connect_timeout": timeout,
         "redis_retry_on_timeout": True,
@@ -215,6 +259,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024, low=1024),
         "REDIS_URL": result_url,
         "REDIS_TIMEOUT": timeout,
+        "REDIS_SENTINEL_MASTER": sentinel_master,
+        "REDIS_SENTINEL_PASSWORD": sentinel_password,
+        "REDIS_MIN_REPLICAS": min_replicas,
+        "REDIS_REPLICA_WAIT": replica_wait,
         "REDIS_MAX_CONNECTIONS": _int(env, "REDIS_MAX_CONNECTIONS", 100, low=2),
         "TASK_RETENTION": retention,
         "VISIBILITY_TIMEOUT": visibility,

@@ -27,9 +27,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     log.init_app(app)
     mail.init_app(app)
-    client = store.connect(
-        app.config["REDIS_URL"], app.config["REDIS_TIMEOUT"], app.config["REDIS_MAX_CONNECTIONS"]
-    )
+    client = store.connect(app.config["REDIS_URL"], app.config, app.config["REDIS_MAX_CONNECTIONS"])
     app.extensions["errand.redis"] = client
     task_types = routing.resolve(
         registry.build([*BUILT_IN, *app.config["TASK_MODULES"]]),

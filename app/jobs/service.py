@@ -29,8 +29,9 @@ from app.errors import (
     Unprocessable,
 )
 from app.jobs.resource import FINAL_STATES, encode_cursor, resource, summary
-from app.store import keys, quotas, records, webhooks
+from app.store import SCHEMES, keys, quotas, records, webhooks
 from app.store.quotas import Quota, Usage
+from app.store.scripts import ReplicasBehind
 from app.tasks.registry import Registry, TaskType
 from app.worker import messages
 
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 # What publishing can raise when the broker is down or hung: kombu wraps
 # connection errors in its OperationalError, redis-py and sockets raise their own.
 BROKER_ERRORS = (KombuError, CeleryError, redis.RedisError, OSError)
+# A 503 whose write reached the primary but not REDIS_MIN_REPLICAS replicas in time.
+UNCONFIRMED = (
+    "the task store's replicas did not confirm this in time; it may still go ahead: "
+    "retry with the same Idempotency-Key to get the same task, never a second one"
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class Jobs:
         self.client, self.celery_app, self.task_types = client, celery_app, task_types
         conf = celery_app.conf
         self.queue = conf.task_default_queue
-        self.redis_broker = conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        self.redis_broker = conf.broker_url.startswith(SCHEMES)
         # One script does the whole submit when the queue is in the task store's Redis.
         self.one_script = self.redis_broker and conf.broker_url == settings["REDIS_URL"]
         self.deadline_s = float(settings["SUBMIT_DEADLINE"])
@@ -167,6 +173,8 @@ class Jobs:
                     self.client, task_id, task_type.name, created, deadline_us, params, owner,
                     retry_of, options, fields,
                 )  # fmt: skip
+            except ReplicasBehind as exc:  # written and kept: a retry with the key finds it
+                raise StoreUnavailable(UNCONFIRMED) from exc
             except redis.RedisError as exc:
                 log.warning("submit %s: task store unreachable: %r", task_id, exc)
                 written = False
@@ -220,6 +228,7 @@ class Jobs:
                 deadline_us=deadline_us,
                 params_json=params_json.decode(),
                 owner=principal.key_id,
+                queue=task_type.queue or self.queue,
                 queue_list=messages.queue_list(task_type.queue or self.queue, priority),
                 message=message,
                 quota=quota,
@@ -229,6 +238,9 @@ class Jobs:
                 retry_of=retry_of,
                 fields=fields,
             )
+        except ReplicasBehind as exc:
+            log.warning("submit %s: %s", task_id, exc)
+            raise StoreUnavailable(UNCONFIRMED) from exc
         except redis.RedisError as exc:
             log.warning("submit %s: task store unreachable: %r", task_id, exc)
             raise StoreUnavailable("the task store did not answer in time") from exc

@@ -37,10 +37,11 @@ from app.errors import (
     Unprocessable,
 )
 from app.jobs.resource import FINAL_STATES
-from app.jobs.service import BROKER_ERRORS, KEY_REUSED, Jobs, Principal
+from app.jobs.service import BROKER_ERRORS, KEY_REUSED, UNCONFIRMED, Jobs, Principal
 from app.jobs.workflow_resource import resource
-from app.store import keys, webhooks, workflows
+from app.store import keys, scripts, webhooks, workflows
 from app.store.quotas import Quota, Usage
+from app.store.scripts import ReplicasBehind
 from app.tasks.registry import TaskType
 from app.worker import messages
 
@@ -145,6 +146,9 @@ class Workflows:
                 idempotency_ttl=self.jobs.idempotency_ttl,
                 callback_url=callback_url,
             )
+        except ReplicasBehind as exc:
+            log.warning("workflow %s: %s", workflow_id, exc)
+            raise StoreUnavailable(UNCONFIRMED) from exc
         except redis.RedisError as exc:
             log.warning("workflow %s: task store unreachable: %r", workflow_id, exc)
             raise StoreUnavailable("the task store did not answer in time") from exc
@@ -181,6 +185,11 @@ class Workflows:
             with contextlib.suppress(redis.RedisError):
                 workflows.abort(self.client, workflow_id, owner, recorded)
             raise BrokerUnavailable("the broker did not answer in time") from exc
+        try:  # the messages kombu pushed, on REDIS_MIN_REPLICAS replicas too
+            scripts.confirm(self.client)
+        except redis.RedisError as exc:  # published and kept: a retry with the key finds it
+            log.warning("workflow %s: %s", workflow_id, exc)
+            raise StoreUnavailable(UNCONFIRMED) from exc
         record = {"kind": kind, "then": "then" if then else "", "created_at": isotime(created)}
         if callback_url is not None:
             record.update(webhooks.submit_fields(callback_url))

@@ -18,7 +18,14 @@ WORKERS = "errand:workers"
 STATE_COUNTS = "errand:metrics:states"  # "<task>|<state>" -> times reached
 RUNTIMES = "errand:metrics:runtime"  # "<task>|<bucket>", "<task>|sum", "<task>|count"
 LIMITS_PREFIX = "errand:limits"
+READY_PREFIX = "errand:ready:"
+REPLICATION_MARK = "errand:replicated"  # a write that WAIT follows (scripts.confirm)
 RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend names results so
+
+
+def ready(queue: str) -> str:
+    """A queue's ready marker: set by every push, waited on by idle workers (``take.lua``)."""
+    return READY_PREFIX + queue
 
 
 def record(task_id: str) -> str:

@@ -119,6 +119,7 @@ def submit(
     deadline_us: int,
     params_json: str,
     owner: str,
+    queue: str,
     queue_list: str,
     message: bytes,
     quota: Quota | None = None,
@@ -137,6 +138,7 @@ def submit(
         keys.record(task_id),
         keys.record(retry_of) if retry_of else "",
         queue_list,
+        keys.ready(queue),
         keys.INDEX,
         keys.type_index(task_name),
     ]

@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from app.store import keys as names
+
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
 
 
@@ -23,34 +25,90 @@ def _source(path: str) -> str:
     return _INCLUDE.sub(lambda found: _source(f"lua/includes/{found[1]}.lua"), text)
 
 
-class Script:
-    """A script from ``lua/<name>.lua``, run with EVALSHA (its text sent only on NOSCRIPT)."""
+class ReplicasBehind(redis.RedisError):
+    """The write is on the primary, but fewer replicas than ``REDIS_MIN_REPLICAS`` confirmed it."""
 
-    def __init__(self, name: str) -> None:
+
+class Script:
+    """A script from ``lua/<name>.lua``, run with EVALSHA (its text sent only on NOSCRIPT).
+
+    An ``acknowledged`` script's answer tells a client that something was accepted
+    (a submit, a cancel): on a client with ``min_replicas`` (``app.store.Store``) it
+    is followed, in the same round trip, by ``WAIT min_replicas`` on the same
+    connection, and answers only once that many replicas hold its writes; else it
+    raises ``ReplicasBehind`` (the API's 503), its writes left on the primary.
+    """
+
+    def __init__(self, name: str, acknowledged: bool = False) -> None:
         self.name = name
+        self.acknowledged = acknowledged
         self.text = _source(f"lua/{name}.lua")
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: list[str], *args: Any) -> Any:
+        replicas = getattr(client, "min_replicas", 0) if self.acknowledged else 0
+        if replicas:
+            return self._then_wait(client, replicas, keys, args)
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return client.eval(self.text, len(keys), *keys, *args)  # also caches it in Redis
 
+    def _then_wait(self, client: redis.Redis, replicas: int, keys: list[str], args: Any) -> Any:
+        wait_ms = max(1, int(float(getattr(client, "replica_wait", 0.5)) * 1000))
+        for command in ("EVALSHA", "EVAL"):
+            pipe = client.pipeline(transaction=False)
+            code = self.sha if command == "EVALSHA" else self.text
+            pipe.execute_command(command, code, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", replicas, wait_ms)
+            answer, confirmed = pipe.execute(raise_on_error=False)
+            if isinstance(answer, redis.exceptions.NoScriptError):
+                continue  # nothing ran; again with the text, which also caches it
+            if isinstance(answer, Exception):
+                raise answer
+            if isinstance(confirmed, Exception):
+                raise confirmed
+            if int(confirmed) < replicas:
+                raise ReplicasBehind(
+                    f"{confirmed} of the {replicas} replicas asked for confirmed the write "
+                    f"within {wait_ms} ms"
+                )
+            return answer
+        raise redis.exceptions.NoScriptError(f"script {self.name} could not be loaded")
 
-CREATE = Script("create")
+
+def confirm(client: redis.Redis) -> None:
+    """Wait, as an acknowledged script does, for writes made on other connections before now.
+
+    For what kombu published (a workflow's messages): a write of this connection
+    comes after theirs in the replication stream, so replicas that hold it hold them.
+    """
+    replicas = getattr(client, "min_replicas", 0)
+    if not replicas:
+        return
+    wait_ms = max(1, int(float(getattr(client, "replica_wait", 0.5)) * 1000))
+    pipe = client.pipeline(transaction=False)
+    pipe.set(names.REPLICATION_MARK, "1", px=60_000)
+    pipe.execute_command("WAIT", replicas, wait_ms)
+    _, confirmed = pipe.execute()
+    if int(confirmed) < replicas:
+        raise ReplicasBehind(f"{confirmed} of the {replicas} replicas asked for confirmed")
+
+
+CREATE = Script("create", acknowledged=True)
 RESERVE = Script("reserve")
 BEGIN = Script("begin")
 CLAIM = Script("claim")
 RELEASE = Script("release")
-REVOKE = Script("revoke")
+REVOKE = Script("revoke", acknowledged=True)
 STORE_RESULT = Script("store_result")
-SUBMIT = Script("submit")
+SUBMIT = Script("submit", acknowledged=True)
 STATUS = Script("status")
+TAKE = Script("take")
 HIT = Script("hit")
 OPEN_STREAM = Script("open_stream")
 WEBHOOK_ATTEMPT = Script("webhook_attempt")
 WEBHOOK_FINISH = Script("webhook_finish")
-SAVE_SCHEDULE = Script("save_schedule")
-CREATE_WORKFLOW = Script("create_workflow")
-ABORT_WORKFLOW = Script("abort_workflow")
+SAVE_SCHEDULE = Script("save_schedule", acknowledged=True)
+CREATE_WORKFLOW = Script("create_workflow", acknowledged=True)
+ABORT_WORKFLOW = Script("abort_workflow", acknowledged=True)

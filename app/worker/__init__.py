@@ -31,9 +31,10 @@ from app.worker.results import run_started
 log = logging.getLogger(__name__)
 
 
-# Errand's Redis transport (app.worker.broker) for redis:// and rediss:// URLs, by
-# kombu's own aliases: the URL keeps its scheme for every tool that reads it (Flower).
+# Errand's Redis transport (app.worker.broker) for redis://, rediss:// and sentinel://
+# URLs, by kombu's own aliases: the URL keeps its scheme for every tool that reads it (Flower).
 TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "app.worker.broker:Transport"
+TRANSPORT_ALIASES["sentinel"] = "app.worker.broker:SentinelTransport"
 
 # Celery logs a task's return value when it succeeds; results hold client data
 # (addresses, whatever a team's task returns): log that it succeeded, and how fast.
@@ -66,7 +67,7 @@ def celery_init_app(app: Flask) -> Celery:
     # first, on both brokers; RabbitMQ honours it only on a queue declared with
     # x-max-priority (on Redis: app.worker.messages).
     task_types = app.extensions["errand.task_types"]
-    redis_broker = conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
+    redis_broker = conf.broker_url.startswith(store.SCHEMES)
     arguments = None if redis_broker else {"x-max-priority": 9}
     conf.task_queues = [
         Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments)
@@ -91,6 +92,15 @@ def celery_init_app(app: Flask) -> Celery:
         "socket_connect_timeout": timeout,
         "retry_period": lock_timeout,  # a Redis blip is retried while the lock would hold
     }
+    if conf.redbeat_redis_url.startswith("sentinel://"):  # redbeat's own name for it
+        addresses, params = store.sentinels(conf.redbeat_redis_url)
+        conf.redbeat_redis_url = "redis-sentinel://"
+        conf.redbeat_redis_options.update(
+            sentinels=addresses,
+            service_name=app.config["REDIS_SENTINEL_MASTER"],
+            sentinel_kwargs=store.sentinel_options(app.config),
+            **params,
+        )
     celery_app.steps["worker"].add(Lease)
     celery_app.flask_app = app  # type: ignore[attr-defined]
     celery_app.set_default()

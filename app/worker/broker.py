@@ -1,4 +1,10 @@
-"""kombu's Redis transport, with one repair for a broker that went away.
+"""kombu's Redis transport, taking messages atomically, and repaired for a broker that went away.
+
+kombu pops a message (BRPOP) and records that it holds it in a second command;
+a worker killed between the two, or a Redis primary lost between them (the pop
+replicated, the hold not), loses the message. Here a worker takes and holds it
+in one script (``take.lua``), and waits for work on the queues' ready markers
+(``Channel``); every push sets its queue's marker (``submit.lua``, ``_put``).
 
 When the Redis connection breaks, Celery closes the channel, and kombu 5.7's
 ``Channel.close`` tries to put back the messages the worker still holds after
@@ -9,23 +15,47 @@ come back on their own after ``visibility_timeout``, as for a crashed worker.
 
 And a gevent worker takes new jobs as soon as it has room (``Poller``).
 
-Used for ``redis://`` and ``rediss://`` brokers through ``broker_transport``.
+Used for ``redis://`` and ``rediss://`` brokers (``Transport``) and for
+``sentinel://`` ones (``SentinelTransport``: the same, with kombu's Sentinel
+discovery of the primary), by kombu's transport aliases (``app.worker``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from app.store import keys, scripts
 
 log = logging.getLogger(__name__)
 
 
 class QoS(kombu_redis.QoS):
-    """Redis QoS whose restore at close survives a connection that is already gone."""
+    """Redis QoS whose restore at close survives a connection that is already gone.
+
+    A message ``take.lua`` took is held in Redis already: its delivery only
+    remembers it here, without kombu's second round trip.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self.taken:
+            self.taken.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+        else:  # delivered some other way (basic_get): kombu's hold
+            super().append(message, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
         try:
@@ -40,7 +70,78 @@ class QoS(kombu_redis.QoS):
             self._delivered.clear()
 
 
-class Channel(kombu_redis.Channel):
+class Taking:
+    """A Redis channel whose worker takes and holds each message in one step (``take.lua``).
+
+    In place of kombu's BRPOP: while the last take found a message, the next is
+    taken at once; when it found none, the channel waits (BZPOPMIN, the same
+    ``brpop_timeout``) for a queue's ready marker, then takes. A message pushed
+    without a marker (kombu's restore of an expired lease) is found at the next
+    take, within ``brpop_timeout``.
+    """
+
+    _take_next = True
+    _sent = ""
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        if self._take_next:
+            lists = [(self._q_for_pri(q, pri), q) for pri in self.priority_steps for q in queues]
+            self._sent = "EVALSHA"
+            command = [
+                "EVALSHA", scripts.TAKE.sha, 2 + 2 * len(lists), self.unacked_key,
+                self.unacked_index_key, *(name for name, _ in lists),
+                *(keys.ready(queue) for _, queue in lists), time.time(), len(lists),
+                *(queue for _, queue in lists),
+            ]  # fmt: skip
+        else:
+            self._sent = "BZPOPMIN"
+            command = ["BZPOPMIN", *(keys.ready(queue) for queue in queues), timeout or 0]
+        self.client.connection.send_command(*command)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, self._sent, **options)
+            except redis.exceptions.NoScriptError:
+                self._in_poll = None
+                self.client.script_load(scripts.TAKE.text)
+                raise Empty() from None
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if self._sent == "BZPOPMIN" or not reply:
+                self._take_next = self._sent == "BZPOPMIN"  # woken (or timed out): look
+                raise Empty()
+            self._take_next = True  # there may be more
+            dest, item = reply
+            payload = loads(bytes_to_str(item))
+            self.qos.taken.add(payload["properties"]["delivery_tag"])
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        batch = kwargs.get("_publish_batch")
+        super()._put(queue, message, **kwargs)  # type: ignore[misc]
+        if batch is not None:
+            batch.add("zadd", keys.ready(queue), {"ready": 0})
+        else:
+            with self.conn_or_acquire() as client:
+                client.zadd(keys.ready(queue), {"ready": 0})
+
+
+class Channel(Taking, kombu_redis.Channel):
     QoS = QoS
 
 
@@ -82,3 +183,15 @@ class Transport(kombu_redis.Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cycle = Poller()  # kombu's, shared by all the channels, as it makes it
+
+
+class SentinelChannel(Taking, kombu_redis.SentinelChannel):
+    QoS = QoS
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()

@@ -79,7 +79,7 @@ def release(worker: Any) -> int:
         return 0
     tags = held_tags(worker)
     if tags:
-        broker = connect(app.conf.broker_url, app.flask_app.config["REDIS_TIMEOUT"])
+        broker = connect(app.conf.broker_url, app.flask_app.config)
         broker.zadd(unacked_index(app.conf), dict.fromkeys(tags, 0), xx=True)
     return len(tags)
 
@@ -115,10 +115,9 @@ class Lease(bootsteps.StartStopStep):
         flask_app = app.flask_app
         conf = app.conf
         interval = flask_app.config["LEASE_INTERVAL"]
-        timeout = flask_app.config["REDIS_TIMEOUT"]
         redis_broker = app.connection_for_read().transport.driver_type == "redis"
         index_key = unacked_index(conf)
-        broker = connect(conf.broker_url, timeout) if redis_broker else None
+        broker = connect(conf.broker_url, flask_app.config) if redis_broker else None
         results = flask_app.extensions["errand.redis"]
         about = keys.worker(worker.hostname)
         # kombu sweeps for abandoned messages from the event loop's timer; a gevent

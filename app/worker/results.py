@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
@@ -131,3 +131,7 @@ class ResultStore(RedisBackend):
         """A workflow step that will never run: its cancel kept, its state REVOKED."""
         self.ensure(records.revoke, (self.client, task_id))
         self.mark_as_revoked(task_id, NOT_RUN)
+
+
+class SentinelResultStore(ResultStore, SentinelBackend):
+    """``ResultStore`` on the primary that Redis Sentinel names (a ``sentinel://`` URL)."""

@@ -64,7 +64,7 @@ class DeliveryError(Exception):
 def queue_delivery(celery_app: Celery, task_id: str, kind: str = "task") -> None:
     """Queue the first attempt to deliver a task's (or a workflow's) webhook, once per one."""
     options: dict[str, Any] = {}
-    if celery_app.conf.broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if celery_app.conf.broker_url.startswith(store.SCHEMES):
         options["priority"] = messages.redis_priority(None)  # as a job without a priority
     args = [task_id, 0] if kind == "task" else [task_id, 0, kind]
     try:

@@ -14,7 +14,8 @@
     KEYS[4]    the new record                 errand:task:<id>
     KEYS[5]    the record retried, or ''      errand:task:<old id>
     KEYS[6]    the queue's list for this priority   celery, celery\x06\x163, ...
-    KEYS[7..]  the indexes to add the id to (all, per type, per owner)
+    KEYS[7]    the queue's ready marker       errand:ready:celery (take.lua)
+    KEYS[8..]  the indexes to add the id to (all, per type, per owner)
 
     ARGV[1]    deadline, µs since the epoch on Redis's clock
     ARGV[2]    requests the rate window allows (0: no limit)
@@ -93,8 +94,9 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[4], unpack(ARGV, 12))
 set_state(KEYS[4], 'PENDING', ARGV[8], ARGV[11])
-for i = 7, #KEYS do redis.call('ZADD', KEYS[i], ARGV[9], ARGV[8]) end
+for i = 8, #KEYS do redis.call('ZADD', KEYS[i], ARGV[9], ARGV[8]) end
 if KEYS[5] ~= '' then redis.call('HSET', KEYS[5], 'retried_by', ARGV[8]) end
 if KEYS[2] ~= '' then redis.call('ZADD', KEYS[2], 'inf', ARGV[8]) end
 redis.call('LPUSH', KEYS[6], ARGV[10])
+redis.call('ZADD', KEYS[7], 0, 'ready')
 return {'ok', used, reset}

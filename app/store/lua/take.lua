@@ -1,0 +1,50 @@
+--[[
+  A worker takes the next message of its queues and holds it, in one step.
+
+  kombu's Redis transport pops a message (BRPOP) and then, in a second command,
+  records that this worker holds it (kombu's unacked hash and index, which bring
+  it back if the worker dies). Between the two the message is nowhere: a worker
+  killed there, or a primary lost there (the pop reached the replica, the hold
+  did not), loses it. Here the pop and the hold are one atomic step (as BullMQ's
+  moveToActive). Workers wait for work on the queues' ready markers
+  (BZPOPMIN), which every push sets; a take that leaves messages behind sets
+  them again, so that the next idle worker wakes.
+
+  Input:
+    KEYS[1]          kombu's unacked hash          unacked
+    KEYS[2]          kombu's unacked index         unacked_index
+    KEYS[3..2+n]     the lists to take from, first first   celery, celery\x06\x163, ...
+    KEYS[3+n..2+2n]  each list's queue's ready marker       errand:ready:celery
+
+    ARGV[1]          now, seconds since the epoch (the hold's lease starts)
+    ARGV[2]          n, how many lists
+    ARGV[3..2+n]     each list's queue name        celery
+
+  Output:
+    {list, message}  the message taken, now held under its delivery tag
+    false            every list is empty
+]]
+
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local message = redis.call('RPOP', KEYS[2 + i])
+  if message then
+    -- The tag is in the properties, at the end of kombu's envelope: look there first.
+    local pattern = '"delivery_tag"%s*:%s*"([^"]+)"'
+    local tag = string.match(message, pattern, math.max(1, #message - 4096))
+      or string.match(message, pattern)
+    if tag then
+      -- kombu's own form: [payload, exchange, routing key]; '' routes to the queue itself.
+      local held = '[' .. message .. ',"",' .. cjson.encode(ARGV[2 + i]) .. ']'
+      redis.call('HSET', KEYS[1], tag, held)
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+    end
+    for j = 1, n do
+      if redis.call('LLEN', KEYS[2 + j]) > 0 then
+        redis.call('ZADD', KEYS[2 + n + j], 0, 'ready')
+      end
+    end
+    return {KEYS[2 + i], message}
+  end
+end
+return false

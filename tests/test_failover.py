@@ -1,0 +1,225 @@
+"""Redis Sentinel: a failover loses nothing that was answered 202, and nothing is restarted.
+
+Each test starts its own primary, replicas and three sentinels (tests/sentinels.py),
+an API and workers that know only the sentinels' addresses, puts clients
+submitting across a fault, and checks every answer: each 202 reaches a final
+state (at least once), every other answer is a 503 problem+json (never a 500,
+never a hang), the API takes submits again within seconds of Sentinel's switch,
+and the same worker processes ran the jobs after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.jobs.resource import FINAL_STATES
+from tests.sentinels import SERVICE, Load, SentinelSet
+from tests.support import Api, Worker, errand_env, make_app, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+JOB = {"task": "test.echo", "params": {"value": 7}}
+# Seconds from Sentinel naming the new primary to the API's first 202 after it.
+RESUMES_WITHIN = 8.0
+
+
+def sentinel_env(redis_set: SentinelSet, min_replicas: int) -> dict[str, str]:
+    return errand_env(
+        redis_set.url,
+        REDIS_SENTINEL_MASTER=SERVICE,
+        REDIS_MIN_REPLICAS=str(min_replicas),
+        REDIS_TIMEOUT="0.5",
+        VISIBILITY_TIMEOUT="4",
+    )
+
+
+@contextlib.contextmanager
+def deployment(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Api, list[Worker]]]:
+    """An API (two gunicorn workers) and two Celery workers, prefork and gevent."""
+    workers = [
+        Worker(env, tmp_path / "prefork.log", "prefork", concurrency=2),
+        Worker(env, tmp_path / "gevent.log", "gevent", concurrency=4, pool="gevent"),
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        with Api(env, tmp_path / "api.log") as api:
+            yield api, workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def wait_final(
+    api: Api, task_ids: list[str], timeout: float, redis_set: SentinelSet | None = None
+) -> dict[str, str]:
+    """Each task's final state, read through the API; fails if one is not final in time."""
+    states: dict[str, str] = {}
+    left = set(task_ids)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        for task_id in list(left):
+            status, _, body = api.call("GET", f"/api/v1/tasks/{task_id}")
+            if status == 200 and body["state"] in FINAL_STATES:
+                states[task_id] = body["state"]
+                left.discard(task_id)
+            else:
+                assert status in {200, 503}, (task_id, status, body)
+        if left:
+            time.sleep(0.2)
+    where = redis_set.where_is(sorted(left)[0]) if left and redis_set is not None else None
+    assert not left, f"{len(left)} accepted jobs never finished, e.g. {sorted(left)[:3]}: {where}"
+    return states
+
+
+def check_answers(load: Load) -> Counter[int]:
+    """Every answer a 202, or a 503 problem+json with Retry-After: no 500, none unanswered."""
+    seen = Counter(answer.status for answer in load.answers)
+    for answer in load.answers:
+        if answer.status == 202:
+            continue
+        assert answer.status == 503, (answer.status, answer.body)
+        assert answer.headers["Content-Type"] == "application/problem+json", answer.headers
+        assert int(answer.headers["Retry-After"]) >= 1
+    return seen
+
+
+def first_202_after(load: Load, moment: float) -> float:
+    return min(a.at for a in load.answers if a.status == 202 and a.at >= moment)
+
+
+def check_workers_kept(workers: list[Worker], pids: list[int]) -> None:
+    for worker, pid in zip(workers, pids, strict=True):
+        assert worker.proc is not None and worker.proc.poll() is None, "a worker stopped"
+        assert worker.proc.pid == pid
+
+
+def run_across(
+    redis_set: SentinelSet, tmp_path: Path, min_replicas: int, fault: Any
+) -> tuple[Load, Api, float]:
+    """Submit across ``fault`` (which returns when Sentinel has switched); final states checked."""
+    env = sentinel_env(redis_set, min_replicas)
+    with deployment(env, tmp_path) as (api, workers):
+        pids = [w.proc.pid for w in workers if w.proc is not None]
+        with Load(api.port, JOB) as load:
+            wait_for(lambda: len(load.accepted()) >= 100, 30)
+            switched = fault()
+            wait_for(
+                lambda: sum(a.at > switched for a in load.answers if a.status == 202) >= 100, 60
+            )
+            time.sleep(max(0.0, switched + 2 - time.monotonic()))
+        seen = check_answers(load)
+        resumed = first_202_after(load, switched) - switched
+        states = wait_final(api, load.accepted(), timeout=60, redis_set=redis_set)
+        check_workers_kept(workers, pids)
+        print(f"answers {dict(seen)}; 202 again {resumed:.2f}s after the switch; "
+              f"final {dict(Counter(states.values()))}")  # fmt: skip
+        assert len(load.accepted()) >= 200
+        assert resumed < RESUMES_WITHIN
+        # After the switch, the workers (not restarted) ran jobs submitted after it.
+        late = [a.task_id for a in load.answers if a.status == 202 and a.at > switched + 1]
+        assert late and all(states[task_id] == "SUCCESS" for task_id in late)
+        return load, api, switched
+
+
+def test_primary_killed_loses_no_accepted_job(tmp_path: Path) -> None:
+    with SentinelSet(tmp_path / "redis", replicas=2) as redis_set:
+
+        def kill_primary() -> float:
+            old = redis_set.primary()
+            old.kill()
+            return redis_set.wait_new_primary(old.port)
+
+        run_across(redis_set, tmp_path, min_replicas=1, fault=kill_primary)
+
+
+def test_planned_switchover_loses_no_accepted_job(tmp_path: Path) -> None:
+    # SENTINEL FAILOVER: the old primary keeps its connections and, demoted, answers
+    # READONLY; what it took in the meantime was never confirmed by a replica (503).
+    with SentinelSet(tmp_path / "redis", replicas=1) as redis_set:
+
+        def switch_over() -> float:
+            old = redis_set.primary_port()
+            redis_set.ask("SENTINEL", "FAILOVER", SERVICE)
+            return redis_set.wait_new_primary(old)
+
+        run_across(redis_set, tmp_path, min_replicas=1, fault=switch_over)
+
+
+def test_replica_lost_is_503_until_it_is_back(tmp_path: Path) -> None:
+    with SentinelSet(tmp_path / "redis", replicas=1) as redis_set:
+        env = sentinel_env(redis_set, min_replicas=1)
+        replica = redis_set.nodes[1]
+        with deployment(env, tmp_path) as (api, _):
+            with Load(api.port, JOB) as load:
+                wait_for(lambda: len(load.accepted()) >= 50, 30)
+                replica.kill()
+                lost_at = time.monotonic()
+                time.sleep(3)
+                replica.start()  # empty: it copies everything from the primary again
+                back_at = time.monotonic()
+                wait_for(
+                    lambda: sum(a.at > back_at for a in load.answers if a.status == 202) >= 50, 30
+                )
+            check_answers(load)
+            # Started after the primary saw the replica go (a moment), ended before it was
+            # back: no copy anywhere but the primary, so none was answered 202.
+            alone = [a for a in load.answers if lost_at + 0.2 < a.at < back_at - 0.6]
+            assert alone and all(a.status == 503 for a in alone), Counter(a.status for a in alone)
+            assert "replicas did not confirm" in alone[-1].body["detail"]
+            wait_final(api, load.accepted(), timeout=60, redis_set=redis_set)
+
+
+def test_unconfirmed_submit_retried_with_its_key_is_the_same_task(tmp_path: Path) -> None:
+    # A primary and one replica, no sentinels needed: the replica frozen (SIGSTOP) cannot
+    # confirm, so the submit is a 503; its Idempotency-Key retried later finds that task.
+    with SentinelSet(tmp_path / "redis", replicas=1) as redis_set:
+        primary, replica = redis_set.nodes
+        client = make_app(primary.url, REDIS_MIN_REPLICAS="1").test_client()
+        body = {"task": "test.echo", "params": {"value": 1}}
+        first = client.post("/api/v1/tasks", json=body)
+        assert first.status_code == 202
+        replica.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            refused = client.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "k1"})
+            assert time.monotonic() - started < 2
+            assert refused.status_code == 503
+            assert refused.mimetype == "application/problem+json"
+            assert refused.headers["Retry-After"]
+            assert "same Idempotency-Key" in refused.json["detail"]
+            cancel = client.delete(first.json["links"]["self"])
+            assert cancel.status_code == 503
+        finally:
+            replica.signal(signal.SIGCONT)
+        again = client.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "k1"})
+        assert again.status_code == 202
+        kept = primary.client().get(primary.client().keys("errand:idem:*")[0])
+        assert again.json["id"] in kept.decode()
+        assert len(primary.client().keys("errand:task:*")) == 2  # the first, and k1's: no third
+        # The submit and its WAIT are one round trip (a pipeline), and one script call.
+        commands = primary.commands_during(
+            lambda: client.post("/api/v1/tasks", json=body).status_code
+        )
+        assert commands == ["evalsha", "wait"]
+
+
+def test_a_submit_answers_without_replicas_when_none_are_asked_for(tmp_path: Path) -> None:
+    with SentinelSet(tmp_path / "redis", replicas=1) as redis_set:
+        primary, replica = redis_set.nodes
+        client = make_app(redis_set.url, REDIS_SENTINEL_MASTER=SERVICE).test_client()
+        replica.signal(signal.SIGSTOP)
+        try:
+            reply = client.post("/api/v1/tasks", json=JOB)
+            assert reply.status_code == 202  # REDIS_MIN_REPLICAS=0: one Redis's promise
+        finally:
+            replica.signal(signal.SIGCONT)
+        assert primary.client().exists(f"errand:task:{reply.json['id']}")
