@@ -115,7 +115,9 @@ def _routes(env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
-_SENTINEL = re.compile(r"^sentinel://(?:[^@/;]*@)?[A-Za-z0-9.\-\[\]:]+(?::\d+)?(?:/\d*)?$")
+_SENTINEL = re.compile(
+    r"^sentinel://(?:[^@/;]*@)?(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\])(?::\d+)?(?:/\d*)?$"
+)
 
 
 def _sentinel_url(name: str, url: str) -> None:

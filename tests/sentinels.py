@@ -13,14 +13,16 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from app.jobs.resource import FINAL_STATES
 from devtools.devstack import free_port, redis_server_binary
-from tests.support import Process, RedisServer, wait_for
+from tests.support import Api, Process, RedisServer, Worker, errand_env, wait_for
 
 SERVICE = "errand"
 
@@ -181,6 +183,7 @@ class Answer:
     task_id: str = ""
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    took: float = 0.0
 
 
 @dataclass
@@ -238,8 +241,56 @@ def submit_once(host: str, port: int, body: str, headers: dict[str, str] | None 
         except ValueError:
             parsed = raw.decode(errors="replace")  # not JSON: kept to be seen in the failure
         task_id = parsed["id"] if reply.status == 202 and isinstance(parsed, dict) else ""
-        return Answer(started, reply.status, task_id, parsed, dict(reply.getheaders()))
+        headers = dict(reply.getheaders())
+        return Answer(started, reply.status, task_id, parsed, headers, time.monotonic() - started)
     except OSError as exc:
-        return Answer(started, 0, body=repr(exc))
+        return Answer(started, 0, body=repr(exc), took=time.monotonic() - started)
     finally:
         connection.close()
+
+
+def sentinel_env(redis_set: SentinelSet, min_replicas: int, **extra: str) -> dict[str, str]:
+    """Errand's settings for processes that know only the sentinels' addresses."""
+    return errand_env(
+        redis_set.url,
+        REDIS_SENTINEL_MASTER=SERVICE,
+        REDIS_MIN_REPLICAS=str(min_replicas),
+        REDIS_TIMEOUT="0.5",
+        VISIBILITY_TIMEOUT="4",
+        **extra,
+    )
+
+
+@contextlib.contextmanager
+def deployment(env: dict[str, str], workdir: Path) -> Iterator[tuple[Api, list[Worker]]]:
+    """An API (two gunicorn workers) and two Celery workers, prefork and gevent."""
+    workers = [
+        Worker(env, workdir / "prefork.log", "prefork", concurrency=2),
+        Worker(env, workdir / "gevent.log", "gevent", concurrency=4, pool="gevent"),
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        with Api(env, workdir / "api.log") as api:
+            yield api, workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def final_states(api: Api, task_ids: list[str], timeout: float) -> tuple[dict[str, str], set[str]]:
+    """Each task's final state read through the API, and the tasks not final in time."""
+    states: dict[str, str] = {}
+    left = set(task_ids)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        for task_id in list(left):
+            status, _, body = api.call("GET", f"/api/v1/tasks/{task_id}")
+            if status == 200 and body["state"] in FINAL_STATES:
+                states[task_id] = body["state"]
+                left.discard(task_id)
+            elif status not in {200, 503}:
+                raise AssertionError((task_id, status, body))
+        if left:
+            time.sleep(0.2)
+    return states, left

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 COMPOSE = ROOT / "compose.yaml"
 ERRAND_SERVICES = {"api", "worker", "worker-io", "beat"}
 WORKERS = ("worker", "worker-io")
+SENTINEL_PROFILE = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
 MAIL_SETTINGS = {
     "MAIL_SERVER",
     "MAIL_PORT",
@@ -55,16 +56,33 @@ def words(value: str | list[str]) -> str:
 
 def test_compose_has_the_stack_and_builds_errand_once(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "mail", *ERRAND_SERVICES}
+    assert set(services) == {"redis", "mail", *ERRAND_SERVICES, *SENTINEL_PROFILE}
     images = {services[name]["image"] for name in ERRAND_SERVICES}
     assert len(images) == 1  # the one image, built from the one Dockerfile
     for name in ERRAND_SERVICES:
         build = services[name]["build"]
         assert (build if isinstance(build, str) else build["context"]) == "."
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    for name in {"redis", "mail"}:
+    for name in {"redis", "mail", *SENTINEL_PROFILE}:
         image = services[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image  # pinned
+
+
+def test_compose_sentinel_profile_adds_replicas_and_three_sentinels(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in SENTINEL_PROFILE:
+        assert services[name]["profiles"] == ["sentinel"]  # off unless asked for
+    replica = services["redis-replica"]
+    command = words(replica["command"])
+    assert "--replicaof redis 6379" in command and "--appendonly yes" in command
+    assert replica["deploy"]["replicas"] >= 2  # one promoted, one left to confirm writes
+    for name in ("sentinel1", "sentinel2", "sentinel3"):
+        script = words(services[name]["command"])
+        assert "sentinel monitor errand redis 6379 2" in script  # a quorum of two of three
+        assert "--sentinel" in script
+    assert compose["x-errand-env"]["REDIS_MIN_REPLICAS"].endswith(":-0}")
 
 
 def test_compose_runs_exactly_one_beat(compose: dict[str, Any]) -> None:

@@ -10,19 +10,23 @@ and the same worker processes ran the jobs after it.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.jobs.resource import FINAL_STATES
-from tests.sentinels import SERVICE, Load, SentinelSet
-from tests.support import Api, Worker, errand_env, make_app, wait_for
+from tests.sentinels import (
+    SERVICE,
+    Load,
+    SentinelSet,
+    deployment,
+    final_states,
+    sentinel_env,
+)
+from tests.support import Api, Worker, make_app, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -31,51 +35,12 @@ JOB = {"task": "test.echo", "params": {"value": 7}}
 RESUMES_WITHIN = 8.0
 
 
-def sentinel_env(redis_set: SentinelSet, min_replicas: int) -> dict[str, str]:
-    return errand_env(
-        redis_set.url,
-        REDIS_SENTINEL_MASTER=SERVICE,
-        REDIS_MIN_REPLICAS=str(min_replicas),
-        REDIS_TIMEOUT="0.5",
-        VISIBILITY_TIMEOUT="4",
-    )
-
-
-@contextlib.contextmanager
-def deployment(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Api, list[Worker]]]:
-    """An API (two gunicorn workers) and two Celery workers, prefork and gevent."""
-    workers = [
-        Worker(env, tmp_path / "prefork.log", "prefork", concurrency=2),
-        Worker(env, tmp_path / "gevent.log", "gevent", concurrency=4, pool="gevent"),
-    ]
-    try:
-        for worker in workers:
-            worker.start()
-        with Api(env, tmp_path / "api.log") as api:
-            yield api, workers
-    finally:
-        for worker in workers:
-            worker.stop()
-
-
 def wait_final(
-    api: Api, task_ids: list[str], timeout: float, redis_set: SentinelSet | None = None
+    api: Api, task_ids: list[str], timeout: float, redis_set: SentinelSet
 ) -> dict[str, str]:
-    """Each task's final state, read through the API; fails if one is not final in time."""
-    states: dict[str, str] = {}
-    left = set(task_ids)
-    deadline = time.monotonic() + timeout
-    while left and time.monotonic() < deadline:
-        for task_id in list(left):
-            status, _, body = api.call("GET", f"/api/v1/tasks/{task_id}")
-            if status == 200 and body["state"] in FINAL_STATES:
-                states[task_id] = body["state"]
-                left.discard(task_id)
-            else:
-                assert status in {200, 503}, (task_id, status, body)
-        if left:
-            time.sleep(0.2)
-    where = redis_set.where_is(sorted(left)[0]) if left and redis_set is not None else None
+    """Each task's final state; fails, saying where one is, if a task is not final in time."""
+    states, left = final_states(api, task_ids, timeout)
+    where = redis_set.where_is(sorted(left)[0]) if left else None
     assert not left, f"{len(left)} accepted jobs never finished, e.g. {sorted(left)[:3]}: {where}"
     return states
 

@@ -70,6 +70,9 @@ class QoS(kombu_redis.QoS):
             self._delivered.clear()
 
 
+READY_SECONDS = 10  # a ready marker's life (take.lua says why)
+
+
 class Taking:
     """A Redis channel whose worker takes and holds each message in one step (``take.lua``).
 
@@ -134,11 +137,15 @@ class Taking:
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         batch = kwargs.get("_publish_batch")
         super()._put(queue, message, **kwargs)  # type: ignore[misc]
+        marker = keys.ready(queue)
         if batch is not None:
-            batch.add("zadd", keys.ready(queue), {"ready": 0})
+            batch.add("zadd", marker, {"ready": 0})
+            batch.add("expire", marker, READY_SECONDS)
         else:
             with self.conn_or_acquire() as client:
-                client.zadd(keys.ready(queue), {"ready": 0})
+                client.pipeline(transaction=False).zadd(marker, {"ready": 0}).expire(
+                    marker, READY_SECONDS
+                ).execute()
 
 
 class Channel(Taking, kombu_redis.Channel):

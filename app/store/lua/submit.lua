@@ -99,4 +99,5 @@ if KEYS[5] ~= '' then redis.call('HSET', KEYS[5], 'retried_by', ARGV[8]) end
 if KEYS[2] ~= '' then redis.call('ZADD', KEYS[2], 'inf', ARGV[8]) end
 redis.call('LPUSH', KEYS[6], ARGV[10])
 redis.call('ZADD', KEYS[7], 0, 'ready')
+redis.call('EXPIRE', KEYS[7], 10)  -- a marker nobody waits on goes
 return {'ok', used, reset}

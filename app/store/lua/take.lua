@@ -8,7 +8,10 @@
   did not), loses it. Here the pop and the hold are one atomic step (as BullMQ's
   moveToActive). Workers wait for work on the queues' ready markers
   (BZPOPMIN), which every push sets; a take that leaves messages behind sets
-  them again, so that the next idle worker wakes.
+  them again, so that the next idle worker wakes. A marker lasts 10 s: idle
+  workers look anyway every second (kombu's brpop_timeout), so an older one
+  would wake nobody who needs it, and a queue nobody consumes (a reply queue
+  gone) leaves no key behind.
 
   Input:
     KEYS[1]          kombu's unacked hash          unacked
@@ -42,6 +45,7 @@ for i = 1, n do
     for j = 1, n do
       if redis.call('LLEN', KEYS[2 + j]) > 0 then
         redis.call('ZADD', KEYS[2 + n + j], 0, 'ready')
+        redis.call('EXPIRE', KEYS[2 + n + j], 10)
       end
     end
     return {KEYS[2 + i], message}
