@@ -11,8 +11,10 @@ and the same worker processes ran the jobs after it.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from tests.sentinels import (
     final_states,
     sentinel_env,
 )
-from tests.support import Api, Worker, make_app, wait_for
+from tests.support import BIN, Api, Process, Worker, make_app, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -188,3 +190,51 @@ def test_a_submit_answers_without_replicas_when_none_are_asked_for(tmp_path: Pat
         finally:
             replica.signal(signal.SIGCONT)
         assert primary.client().exists(f"errand:task:{reply.json['id']}")
+
+
+def test_beat_and_a_waiting_client_follow_the_new_primary(tmp_path: Path) -> None:
+    # Beat (redbeat's lock and schedules) and the API's subscriber connection (long-polls)
+    # know only the sentinels too: neither is restarted when the primary goes.
+    with SentinelSet(tmp_path / "redis", replicas=2) as redis_set:
+        env = sentinel_env(redis_set, 1, SCHEDULE_MIN_INTERVAL="1", BEAT_LOCK_TIMEOUT="4")
+        beat = Process(
+            [str(BIN / "celery"), "-A", "worker:celery_app", "beat"], tmp_path / "beat.log", env
+        )
+        with deployment(env, tmp_path) as (api, _), beat:
+            status, _, schedule = api.call(
+                "POST",
+                "/api/v1/schedules",
+                {"task": "test.echo", "params": {"value": 3}, "interval": 1},
+            )
+            assert status == 201, schedule
+            status, _, task = api.call(
+                "POST", "/api/v1/tasks", {"task": "test.sleep", "params": {"seconds": 4}}
+            )
+            assert status == 202
+            url = f"/api/v1/tasks/{task['id']}"
+            wait_for(lambda: api.call("GET", url)[2]["state"] == "STARTED", 20)
+            _, headers, _ = api.call("GET", url)
+            answer: dict[str, Any] = {}
+            waiting = threading.Thread(
+                target=lambda: answer.update(
+                    reply=api.call(
+                        "GET", f"{url}?wait=8", headers={"If-None-Match": headers["ETag"]}
+                    )
+                )
+            )
+            waiting.start()
+            time.sleep(0.5)
+            old = redis_set.primary()
+            old.kill()
+            redis_set.wait_new_primary(old.port)
+            switched = time.time()
+            waiting.join(30)
+            status, _, body = answer["reply"]
+            assert status == 200 and body["state"] == "SUCCESS", (status, body)
+
+            def ran_since_switch() -> bool:
+                status, _, shown = api.call("GET", schedule["links"]["self"])
+                last = status == 200 and shown["last_run_at"]
+                return bool(last) and datetime.fromisoformat(last).timestamp() > switched + 1
+
+            wait_for(ran_since_switch, 30)  # beat runs the schedule on the new primary

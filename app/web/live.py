@@ -81,6 +81,9 @@ class Wait:
             quotas.close_wait(self.client, self.key, self.id)
 
 
+RETRY_READ = 0.25  # seconds between reads of a waited-on task while Redis is away
+
+
 def wait_for_change(
     read: Callable[[], dict[str, Any]],
     task_id: str,
@@ -98,7 +101,16 @@ def wait_for_change(
             if left <= 0 or not changed.wait(left):
                 break
             changed.clear()
-            task = read()
+            try:
+                task = read()
+            except StoreUnavailable:
+                # Redis went away while we waited (a failover, a restart): read again
+                # shortly, and answer 503 only if the wait ends with it still away.
+                if deadline - time.monotonic() <= RETRY_READ:
+                    raise
+                time.sleep(RETRY_READ)
+                changed.set()
+                continue
             body, etag = body_and_etag(task)
     return task, body, etag
 
