@@ -44,36 +44,20 @@
     {'exists'}             the workflow's record exists (this script ran already)
 ]]
 --- @include "set_state"
+--- @include "admission"
 
 local t = redis.call('TIME')
 if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return {'late'} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists'} end
 
 local steps = (#KEYS - 6) / 3
-local limit = tonumber(ARGV[2])
-local used, reset = 0, -1
-if limit > 0 then
-  used = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if used >= limit then return {'rate', used, redis.call('TTL', KEYS[1])} end
-end
+if rate_spent(KEYS[1], ARGV[2], ARGV[3]) then return {'rate', rate.used, rate.reset} end
 
-local function count()
-  if limit == 0 then return end
-  used = redis.call('INCR', KEYS[1])
-  if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-  reset = redis.call('TTL', KEYS[1])
-end
-
-if KEYS[6] ~= '' then
-  local current = redis.call('GET', KEYS[6])
-  if current then
-    local fp, id = string.match(current, '^([^|]*)|([^|]*)')
-    if redis.call('EXISTS', ARGV[14] .. id) == 1 then
-      if fp ~= ARGV[12] then return {'conflict'} end
-      count()
-      return {'existing', used, reset, id}
-    end
-  end
+local made = made_by_key(KEYS[6], ARGV[12], ARGV[14])
+if made == 'conflict' then return {'conflict'} end
+if made then
+  count()
+  return {'existing', rate.used, rate.reset, made}
 end
 if KEYS[2] ~= '' then
   local held = redis.call('ZCARD', KEYS[2])
@@ -108,4 +92,4 @@ if ARGV[15] ~= '' then
   redis.call('HSET', KEYS[3], 'callback_url', ARGV[15], 'callback_state', 'pending',
              'callback_attempts', 0)
 end
-return {'ok', used, reset}
+return {'ok', rate.used, rate.reset}

@@ -41,6 +41,7 @@
     {'late'}                      past the deadline
 ]]
 --- @include "set_state"
+--- @include "admission"
 
 local t = redis.call('TIME')
 if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return {'late'} end
@@ -49,37 +50,20 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   return {'ok', tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
 end
 
-local limit = tonumber(ARGV[2])
-local used, reset = 0, -1
-if limit > 0 then
-  used = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if used >= limit then return {'rate', used, redis.call('TTL', KEYS[1])} end
-end
+if rate_spent(KEYS[1], ARGV[2], ARGV[3]) then return {'rate', rate.used, rate.reset} end
 
-local function count()
-  if limit == 0 then return end
-  used = redis.call('INCR', KEYS[1])
-  if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-  reset = redis.call('TTL', KEYS[1])
-end
-
-if KEYS[3] ~= '' then
-  local current = redis.call('GET', KEYS[3])
-  if current then
-    local fp, id = string.match(current, '^([^|]*)|([^|]*)')
-    if redis.call('EXISTS', ARGV[7] .. id) == 1 then
-      if fp ~= ARGV[5] then return {'conflict'} end
-      count()
-      return {'existing', used, reset, id}
-    end
-  end
+local made = made_by_key(KEYS[3], ARGV[5], ARGV[7])
+if made == 'conflict' then return {'conflict'} end
+if made then
+  count()
+  return {'existing', rate.used, rate.reset, made}
 end
 
 if KEYS[5] ~= '' then
   local again = redis.call('HGET', KEYS[5], 'retried_by')
   if again then
     count()
-    return {'retried', used, reset, again}
+    return {'retried', rate.used, rate.reset, again}
   end
 end
 
@@ -100,4 +84,4 @@ if KEYS[2] ~= '' then redis.call('ZADD', KEYS[2], 'inf', ARGV[8]) end
 redis.call('LPUSH', KEYS[6], ARGV[10])
 redis.call('ZADD', KEYS[7], 0, 'ready')
 redis.call('EXPIRE', KEYS[7], 10)  -- a marker nobody waits on goes
-return {'ok', used, reset}
+return {'ok', rate.used, rate.reset}
