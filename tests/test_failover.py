@@ -190,6 +190,9 @@ def test_a_submit_answers_without_replicas_when_none_are_asked_for(tmp_path: Pat
         finally:
             replica.signal(signal.SIGCONT)
         assert primary.client().exists(f"errand:task:{reply.json['id']}")
+        # A cancel broadcasts its revoke through kombu's Sentinel transport.
+        cancel = client.delete(reply.headers["Location"])
+        assert cancel.status_code == 202 and cancel.json["state"] == "REVOKED"
 
 
 def test_beat_and_a_waiting_client_follow_the_new_primary(tmp_path: Path) -> None:
