@@ -10,12 +10,14 @@ ready markers that wake idle workers are set, renewed and left to expire.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from app.store import keys, scripts
 from app.worker import messages
-from tests.support import make_app, submit
+from tests.support import BIN, ROOT, errand_env, make_app, submit
 
 
 def take(client: Any, queue: str = "celery") -> Any:
@@ -61,3 +63,18 @@ def test_a_message_without_a_tag_is_taken_but_not_held(stack: Any) -> None:
     _, taken = take(client)
     assert json.loads(taken)["properties"] == {}
     assert client.hlen("unacked") == 0
+
+
+def test_a_reply_queue_leaves_no_hold_behind(stack: Any, tmp_path: Path) -> None:
+    # celery inspect's replies are consumed without acknowledgements: taken, not held.
+    server = stack("redis")
+    env = errand_env(server.url)
+    stack("worker", env, tmp_path / "worker.log", "replies", concurrency=1)
+    client = server.client()
+    command = [str(BIN / "celery"), "-A", "worker:celery_app", "inspect", "ping", "-t", "5"]
+    for _ in range(3):
+        found = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=60)
+        assert found.returncode == 0, found.stdout + found.stderr
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    for marker in client.scan_iter(f"{keys.READY_PREFIX}*"):
+        assert client.ttl(marker) > 0  # none stays

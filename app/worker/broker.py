@@ -86,6 +86,16 @@ class Taking:
     _take_next = True
     _sent = ""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.unheld: set[str] = set()  # queues whose consumer does not acknowledge
+        super().__init__(*args, **kwargs)
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        # A consumer that does not acknowledge (a reply queue's) must not leave holds behind.
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        (self.unheld.add if no_ack else self.unheld.discard)(queue)
+        return super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
             timeout = self.brpop_timeout
@@ -101,7 +111,7 @@ class Taking:
                 "EVALSHA", scripts.TAKE.sha, 2 + 2 * len(lists), self.unacked_key,
                 self.unacked_index_key, *(name for name, _ in lists),
                 *(keys.ready(queue) for _, queue in lists), time.time(), len(lists),
-                *(queue for _, queue in lists),
+                *("" if queue in self.unheld else queue for _, queue in lists),
             ]  # fmt: skip
         else:
             self._sent = "BZPOPMIN"

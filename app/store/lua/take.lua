@@ -22,6 +22,8 @@
     ARGV[1]          now, seconds since the epoch (the hold's lease starts)
     ARGV[2]          n, how many lists
     ARGV[3..2+n]     each list's queue name        celery
+                     ('' when its consumer does not acknowledge, as a reply
+                     queue's: taken, not held)
 
   Output:
     {list, message}  the message taken, now held under its delivery tag
@@ -36,7 +38,7 @@ for i = 1, n do
     local pattern = '"delivery_tag"%s*:%s*"([^"]+)"'
     local tag = string.match(message, pattern, math.max(1, #message - 4096))
       or string.match(message, pattern)
-    if tag then
+    if tag and ARGV[2 + i] ~= '' then
       -- kombu's own form: [payload, exchange, routing key]; '' routes to the queue itself.
       local held = '[' .. message .. ',"",' .. cjson.encode(ARGV[2 + i]) .. ']'
       redis.call('HSET', KEYS[1], tag, held)
