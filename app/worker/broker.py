@@ -43,12 +43,41 @@ class QoS(kombu_redis.QoS):
     """Redis QoS whose restore at close survives a connection that is already gone.
 
     A message ``take.lua`` took is held in Redis already: its delivery only
-    remembers it here, without kombu's second round trip.
+    remembers it here, without kombu's second round trip. An ack or requeue that
+    Redis did not take lets the message go here too (``_let_go``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.taken: set[str] = set()
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except (redis.RedisError, OSError, AttributeError) as exc:
+            self._let_go(delivery_tag, exc)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue)
+        except (redis.RedisError, OSError, AttributeError) as exc:
+            self._let_go(delivery_tag, exc)
+
+    def _let_go(self, delivery_tag: str, exc: Exception) -> None:
+        """Redis did not take an ack or a requeue: let the message go, and say why.
+
+        This worker no longer holds the message, so its lease must lapse
+        (``app.worker.lease`` renews what is held) and the message come back after
+        the visibility timeout, at least once; kept here, it would be renewed and
+        never run again. A task that ends after its channel was closed (the broker
+        went away while it ran) acks on that channel, whose pool kombu has dropped:
+        the ``AttributeError`` would kill the worker ("Unrecoverable error"), so it
+        is raised as the connection error it is, which Celery logs and survives.
+        """
+        virtual.QoS.ack(self, delivery_tag)
+        if isinstance(exc, AttributeError):
+            raise redis.ConnectionError(f"the channel closed before this ack: {exc}") from exc
+        raise exc
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.taken:
