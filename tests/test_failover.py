@@ -176,7 +176,8 @@ def test_unconfirmed_submit_retried_with_its_key_is_the_same_task(tmp_path: Path
         commands = primary.commands_during(
             lambda: client.post("/api/v1/tasks", json=body).status_code
         )
-        assert commands == ["evalsha", "wait"]
+        sentinels_own = {"info", "publish", "ping", "replconf"}  # the sentinels', the replica's
+        assert [c for c in commands if c not in sentinels_own] == ["evalsha", "wait"]
 
 
 def test_a_submit_answers_without_replicas_when_none_are_asked_for(tmp_path: Path) -> None:
