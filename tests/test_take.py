@@ -30,8 +30,8 @@ def test_what_is_taken_is_held_under_its_tag(stack: Any) -> None:
     server = stack("redis")
     client = server.client()
     app_client = make_app(server.url).test_client()
-    low = submit(app_client, "test.echo", {"value": 1})
-    high = submit(app_client, "test.echo", {"value": 2}, priority=9)
+    low = [submit(app_client, "test.echo", {"value": i}) for i in (1, 2)]
+    high = submit(app_client, "test.echo", {"value": 3}, priority=9)
     assert client.exists(keys.ready("celery"))
     assert 0 < client.ttl(keys.ready("celery")) <= 10  # a marker nobody waits on goes
 
@@ -39,19 +39,22 @@ def test_what_is_taken_is_held_under_its_tag(stack: Any) -> None:
     first_list, first = take(client)
     assert json.loads(first)["headers"]["id"] == high.rsplit("/", 1)[-1]  # priority first
     assert first_list == b"celery"  # Errand's 9 is kombu's 0: the bare list
-    assert client.exists(keys.ready("celery"))  # one left: the next idle worker wakes
+    assert not client.exists(keys.ready("celery"))  # its list is empty: this taker goes on
 
     tag = json.loads(first)["properties"]["delivery_tag"]
     held = json.loads(client.hget("unacked", tag))
     assert held == [json.loads(first), "", "celery"]  # kombu's form: payload, exchange, key
     assert abs(client.zscore("unacked_index", tag) - time.time()) < 5
 
-    client.delete(keys.ready("celery"))
     _, second = take(client)
-    assert json.loads(second)["headers"]["id"] == low.rsplit("/", 1)[-1]
-    assert not client.exists(keys.ready("celery"))  # nothing left to wake anyone for
+    assert json.loads(second)["headers"]["id"] == low[0].rsplit("/", 1)[-1]  # oldest first
+    assert client.exists(keys.ready("celery"))  # one more behind it: the next idle worker wakes
+    client.delete(keys.ready("celery"))
+    _, third = take(client)
+    assert json.loads(third)["headers"]["id"] == low[1].rsplit("/", 1)[-1]
+    assert not client.exists(keys.ready("celery"))
     assert take(client) is None
-    assert client.hlen("unacked") == 2 and client.zcard("unacked_index") == 2
+    assert client.hlen("unacked") == 3 and client.zcard("unacked_index") == 3
     assert sum(client.llen(k) for k in client.scan_iter("celery*")) == 0
 
 

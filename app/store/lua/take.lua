@@ -7,8 +7,8 @@
   killed there, or a primary lost there (the pop reached the replica, the hold
   did not), loses it. Here the pop and the hold are one atomic step (as BullMQ's
   moveToActive). Workers wait for work on the queues' ready markers
-  (BZPOPMIN), which every push sets; a take that leaves messages behind sets
-  them again, so that the next idle worker wakes. A marker lasts 10 s: idle
+  (BZPOPMIN), which every push sets; a take that leaves messages behind in
+  its list sets that queue's marker again, so that the next idle worker wakes. A marker lasts 10 s: idle
   workers look anyway every second (kombu's brpop_timeout), so an older one
   would wake nobody who needs it, and a queue nobody consumes (a reply queue
   gone) leaves no key behind.
@@ -44,11 +44,10 @@ for i = 1, n do
       redis.call('HSET', KEYS[1], tag, held)
       redis.call('ZADD', KEYS[2], ARGV[1], tag)
     end
-    for j = 1, n do
-      if redis.call('LLEN', KEYS[2 + j]) > 0 then
-        redis.call('ZADD', KEYS[2 + n + j], 0, 'ready')
-        redis.call('EXPIRE', KEYS[2 + n + j], 10)
-      end
+    -- More behind it: wake the next idle worker (this one takes again at once).
+    if redis.call('LLEN', KEYS[2 + i]) > 0 then
+      redis.call('ZADD', KEYS[2 + n + i], 0, 'ready')
+      redis.call('EXPIRE', KEYS[2 + n + i], 10)
     end
     return {KEYS[2 + i], message}
   end
