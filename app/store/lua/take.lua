@@ -31,25 +31,41 @@
 ]]
 
 local n = tonumber(ARGV[2])
-for i = 1, n do
-  local message = redis.call('RPOP', KEYS[2 + i])
-  if message then
-    -- The tag is in the properties, at the end of kombu's envelope: look there first.
-    local pattern = '"delivery_tag"%s*:%s*"([^"]+)"'
-    local tag = string.match(message, pattern, math.max(1, #message - 4096))
-      or string.match(message, pattern)
-    if tag and ARGV[2 + i] ~= '' then
-      -- kombu's own form: [payload, exchange, routing key]; '' routes to the queue itself.
-      local held = '[' .. message .. ',"",' .. cjson.encode(ARGV[2 + i]) .. ']'
-      redis.call('HSET', KEYS[1], tag, held)
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+
+-- The first list with a message, and the message: one LMPOP (Redis 7), else RPOP each.
+local function pop()
+  local args = {n}
+  for i = 1, n do args[i + 1] = KEYS[2 + i] end
+  args[n + 2] = 'RIGHT'
+  local popped = redis.pcall('LMPOP', unpack(args))
+  if type(popped) == 'table' and popped.err == nil then
+    for i = 1, n do
+      if KEYS[2 + i] == popped[1] then return i, popped[2][1] end
     end
-    -- More behind it: wake the next idle worker (this one takes again at once).
-    if redis.call('LLEN', KEYS[2 + i]) > 0 then
-      redis.call('ZADD', KEYS[2 + n + i], 0, 'ready')
-      redis.call('EXPIRE', KEYS[2 + n + i], 10)
+  elseif type(popped) == 'table' then
+    for i = 1, n do
+      local message = redis.call('RPOP', KEYS[2 + i])
+      if message then return i, message end
     end
-    return {KEYS[2 + i], message}
   end
+  return nil
 end
-return false
+
+local i, message = pop()
+if not i then return false end
+-- The tag is in the properties, at the end of kombu's envelope: look there first.
+local pattern = '"delivery_tag"%s*:%s*"([^"]+)"'
+local tag = string.match(message, pattern, math.max(1, #message - 4096))
+  or string.match(message, pattern)
+if tag and ARGV[2 + i] ~= '' then
+  -- kombu's own form: [payload, exchange, routing key]; '' routes to the queue itself.
+  local held = '[' .. message .. ',"",' .. cjson.encode(ARGV[2 + i]) .. ']'
+  redis.call('HSET', KEYS[1], tag, held)
+  redis.call('ZADD', KEYS[2], ARGV[1], tag)
+end
+-- More behind it: wake the next idle worker (this one takes again at once).
+if redis.call('LLEN', KEYS[2 + i]) > 0 then
+  redis.call('ZADD', KEYS[2 + n + i], 0, 'ready')
+  redis.call('EXPIRE', KEYS[2 + n + i], 10)
+end
+return {KEYS[2 + i], message}
