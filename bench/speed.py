@@ -11,7 +11,7 @@ wrk (installed with apt-get when missing) and prints one JSON report:
 
 - ``http``: requests/s, p50 and p99 of submit and status for each server, the
   median of the rounds, and Errand's ratios to the recipe and to bare Flask,
-  each taken inside the same round;
+  each taken inside the same round (their median, and each round's);
 - ``drain``: jobs per second a worker drains when they were submitted over HTTP
   to Errand, against the same jobs sent with bare ``apply_async`` to a bare
   Celery worker with Errand's delivery settings (``bench/bare_celery.py``);
@@ -244,6 +244,11 @@ def http_rounds(
         }
         result[route]["errand_vs_recipe"] = _median_ratio(rounds, route, "recipe")
         result[route]["errand_vs_bare"] = _median_ratio(rounds, route, "bare")
+        result[route]["per_round"] = [  # the spread says how noisy the machine was
+            {other: round(r[route]["errand"]["rps"] / r[route][other]["rps"], 3)
+             for other in ("recipe", "bare")}
+            for r in rounds
+        ]  # fmt: skip
     return result
 
 

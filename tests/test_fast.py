@@ -12,11 +12,13 @@ must have been answered by the fast path (Flask's ``request_started`` not sent).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import re
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from flask import request_started
 
 from app.metrics import REQUEST_SECONDS, SUBMITS
 from app.store import apikeys, scripts
-from tests.support import make_app
+from tests.support import Api, errand_env, make_app
 
 ECHO = {"task": "test.echo", "params": {"value": 1}}
 # Windows of an hour, so that what is left of them is seconds, not a rounding of TTL.
@@ -39,6 +41,26 @@ ETAG = re.compile(rb'"[0-9a-f]{16}"')
 TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
 SETUP = {f"cmdstat_{name}" for name in ("info", "hello", "ping", "client|setinfo", "select")}
 RESET = re.compile(rb"(t=|^)(\d{2,})$")  # seconds left of a window: timing, not content
+
+
+class Names:
+    """Names for one app's own ids, ETags and times, in the order they first appear."""
+
+    def __init__(self) -> None:
+        self.names: dict[bytes, bytes] = {}
+
+    def header(self, header: str, value: str) -> str:
+        if header == "X-Request-ID" and re.fullmatch(r"[0-9a-f]{32}", value):
+            return "<generated>"
+        if header in {"RateLimit", "Retry-After"}:
+            value = RESET.sub(rb"\1<s>", value.encode()).decode()
+        return self.body(value.encode()).decode()
+
+    def body(self, data: bytes) -> bytes:
+        def named(found: re.Match[bytes]) -> bytes:
+            return self.names.setdefault(found[0], b"<%d>" % len(self.names))
+
+        return TIME.sub(b"<time>", ETAG.sub(named, UUID.sub(named, data)))
 
 
 class World:
@@ -57,7 +79,7 @@ class World:
         apikeys.revoke_key(self.redis, apikeys.key_id_of(self.keys["revoked"]) or "")
         self.made: list[str] = []  # the Location of every 202, in order
         self.etags: dict[str, str] = {}  # the last ETag seen of each task
-        self.names: dict[bytes, bytes] = {}
+        self.named = Names()
         self.wrong_key = f"erd_{secrets.token_hex(6)}_wrong"  # each app caches its own lookups
         for script in vars(scripts).values():  # loaded: both apps run EVALSHA alike
             if isinstance(script, scripts.Script):
@@ -90,21 +112,9 @@ class World:
             self.made.append(response.headers["Location"])
         if etag and body and response.status_code in {200, 202}:
             self.etags[json.loads(body)["links"]["self"]] = etag
-        answer = (response.status, [(k, self._name(k, v)) for k, v in headers], self._sub(body))
+        named = self.named
+        answer = (response.status, [(k, named.header(k, v)) for k, v in headers], named.body(body))
         return answer, commands, counted, self.flask_requests == flask
-
-    def _name(self, header: str, value: str) -> str:
-        if header == "X-Request-ID" and re.fullmatch(r"[0-9a-f]{32}", value):
-            return "<generated>"
-        if header in {"RateLimit", "Retry-After"}:
-            value = RESET.sub(rb"\1<s>", value.encode()).decode()
-        return self._sub(value.encode()).decode()
-
-    def _sub(self, data: bytes) -> bytes:
-        def named(found: re.Match[bytes]) -> bytes:
-            return self.names.setdefault(found[0], b"<%d>" % len(self.names))
-
-        return TIME.sub(b"<time>", ETAG.sub(named, UUID.sub(named, data)))
 
     def _commands(self) -> dict[str, int]:
         """Commands run so far, but INFO and what opening a connection runs (Celery's pools
@@ -333,3 +343,44 @@ def test_fast_and_flask_answer_alike_with_redis_down(stack: Any) -> None:
     for world in pair:
         world.redis_up = False
     run(pair, DOWN)
+
+
+def over_http(env: dict[str, str], key: str, log: Path) -> tuple[list[Any], str]:
+    """A few answers of one gunicorn server, normalised, and the task URL they read."""
+    names, got = Names(), []
+    with Api(env, log, workers=1) as api:
+        connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+        def call(method: str, path: str, body: Any = None, **headers: str) -> dict[str, str]:
+            chunked = isinstance(body, list)
+            connection.request(method, path, body, {**auth, **headers}, encode_chunked=chunked)
+            reply = connection.getresponse()
+            data = reply.read()
+            sent = [(k, names.header(k, v)) for k, v in reply.getheaders() if k != "Date"]
+            got.append((reply.status, sent, names.body(data)))
+            return dict(reply.getheaders())
+
+        url = call("POST", "/api/v1/tasks", json.dumps(ECHO))["Location"]
+        call("POST", "/api/v1/tasks", [json.dumps(ECHO).encode()])  # chunked
+        call("POST", "/api/v1/tasks", "{not json")
+        etag = call("GET", url)["ETag"]
+        call("GET", url, **{"If-None-Match": etag})
+        call("GET", url + "?wait=0")
+        connection.close()
+    return got, url
+
+
+def test_under_gunicorn_too(stack: Any, tmp_path: Path) -> None:
+    """Over HTTP, from gunicorn's gevent worker: the same answers and access lines."""
+    server = stack("redis")
+    env = errand_env(server.url, AUTH_DISABLED="false", KEY_CACHE_SECONDS="3600", **ROOM)
+    answers = {}
+    for fast in (True, False):
+        key = apikeys.create_key(server.client(), "mine")
+        log = tmp_path / f"{fast}.log"
+        answers[fast], url = over_http({**env, "FAST_PATH": str(fast).lower()}, key, log)
+        assert log.read_text().count('"POST /api/v1/tasks HTTP/1.1" 202') == 2
+        assert log.read_text().count(f'"GET {url} HTTP/1.1" 304') == 1
+    assert [status for status, _, _ in answers[True]] == [202, 202, 400, 200, 304, 200]
+    assert answers[True] == answers[False]
