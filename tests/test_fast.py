@@ -293,7 +293,7 @@ OPEN: list[Variant] = [
 ]
 
 DOWN: list[Variant] = [
-    ("submit, Redis down", True, post()),
+    ("submit, Redis down", True, post(**{"X-Request-ID": "trace-down"})),
     ("status, Redis down", True, get(first)),
     ("a key not checked yet, Redis down", True, get(first, key="theirs")),
 ]
@@ -333,7 +333,9 @@ def test_fast_and_flask_answer_alike(
     run(worlds(stack("redis").url, **env), variants)  # a Redis of its own: no worker on it
 
 
-def test_fast_and_flask_answer_alike_with_redis_down(stack: Any) -> None:
+def test_fast_and_flask_answer_alike_with_redis_down(
+    stack: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
     server = stack("redis")
     pair = worlds(server.url, REDIS_TIMEOUT="0.2")
     for world in pair:
@@ -343,6 +345,8 @@ def test_fast_and_flask_answer_alike_with_redis_down(stack: Any) -> None:
     for world in pair:
         world.redis_up = False
     run(pair, DOWN)
+    # The job service's warning carries the request's id on either path (app.log).
+    assert capfd.readouterr().err.count("[trace-down -] submit") == 2
 
 
 def over_http(env: dict[str, str], key: str, log: Path) -> tuple[list[Any], str]:
