@@ -273,6 +273,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AUTH_DISABLED": auth_disabled,
         "KEY_CACHE_SECONDS": _float(env, "KEY_CACHE_SECONDS", 5.0, zero_ok=True),
         "METRICS_PUBLIC": _bool(env, "METRICS_PUBLIC", False),
+        "FAST_PATH": _bool(env, "FAST_PATH", True),
         "RATE_LIMIT_SUBMIT": _rate(env, "RATE_LIMIT_SUBMIT", "50 per second"),
         "RATE_LIMIT_READ": _rate(env, "RATE_LIMIT_READ", "200 per second"),
         "AUTH_FAILURE_LIMIT": _rate(env, "AUTH_FAILURE_LIMIT", "30 per minute"),

@@ -1,12 +1,17 @@
 """gunicorn settings, from the environment (see the README's settings table)."""
 
+import json
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
+import traceback
+from typing import Any
 
+from gunicorn import glogging
 from gunicorn.workers import ggevent
 from gunicorn.workers.base_async import AsyncWorker
 
@@ -46,7 +51,8 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
-if os.environ.get("LOG_FORMAT") == "json":
+json_log = os.environ.get("LOG_FORMAT") == "json"
+if json_log:
     _access = (
         '{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '
         '"bytes": "%(B)s", "ms": %(M)s, "pid": "%(p)s", "request_id": "%({x-request-id}o)s"}'
@@ -58,6 +64,59 @@ else:
 # The path without its query string: a client may put a credential there, and a
 # log line must never carry one (the request id is Errand's own, checked, value).
 access_log_format = os.environ.get("GUNICORN_ACCESS_LOG_FORMAT", _access)
+
+# Anything a client sent that is not printable ASCII, and quotes and backslashes, as \xNN.
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def _clean(text: str) -> str:
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
+
+
+class AccessLog(glogging.Logger):
+    """gunicorn's logger, with the access lines of ``_access`` written for a fraction of the cost.
+
+    gunicorn's own copies every request header, response header and environ entry
+    into a dict per request (about a tenth of a status read's CPU); this one writes
+    the same fields (``GUNICORN_ACCESS_LOG_FORMAT`` set: gunicorn's own, as it was).
+    The path (decoded, without its query string) and the request id never carry a
+    control character, quote or backslash a client sent: those are written as ``\\xNN``.
+    """
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        if "GUNICORN_ACCESS_LOG_FORMAT" in os.environ:
+            return super().access(resp, req, environ, request_time)
+        status = resp.status
+        code = status.split(None, 1)[0] if isinstance(status, str) else str(status)
+        sent = getattr(resp, "sent", None)
+        ms = request_time.seconds * 1000 + request_time.microseconds // 1000
+        request_id = next(
+            (value for name, value in reversed(resp.headers) if name.lower() == "x-request-id"),
+            "-",
+        )
+        remote = _clean(environ.get("REMOTE_ADDR", "-"))
+        method, path = _clean(environ["REQUEST_METHOD"]), _clean(environ.get("PATH_INFO", ""))
+        pid, request_id = f"<{os.getpid()}>", _clean(request_id)
+        if json_log:
+            fields = {"remote": remote, "method": method, "path": path, "status": int(code)}
+            fields |= {"bytes": str(sent), "ms": ms, "pid": pid, "request_id": request_id}
+            line = json.dumps(fields)
+        else:
+            protocol = _clean(environ.get("SERVER_PROTOCOL", "-"))
+            size = "-" if sent is None else str(sent)
+            line = f'{remote} "{method} {path} {protocol}" {code} {size} {ms}ms pid={pid} '
+            line += f"request_id={request_id}"
+        try:
+            self.access_log.info(line)
+        except Exception:
+            self.error(traceback.format_exc())
+
+
+logger_class = AccessLog
 
 # Metrics of every gunicorn worker add up (prometheus_client's multiprocess mode):
 # each worker writes its samples under this directory, emptied at each start. One

@@ -12,7 +12,7 @@ import re
 import secrets
 
 from celery import current_task
-from flask import Flask, g, has_request_context, request
+from flask import Flask, g, has_app_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -25,8 +25,8 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         request_id, task_id = "-", "-"
-        if has_request_context():
-            request_id = g.get("request_id", "-")
+        if has_app_context() and "request_id" in g:  # a request's (Flask's or app.web.fast's)
+            request_id = g.request_id
         else:
             task = current_task
             if task and task.request.id:
@@ -91,7 +91,11 @@ def init_app(app: Flask) -> None:
     configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
 
+def request_id_of(given: str) -> str:
+    """A request's id: the client's ``X-Request-ID`` (``given``) if sane, else a new one."""
+    return given if given and _VALID_ID.match(given) else secrets.token_hex(16)
+
+
 def assign_request_id() -> None:
-    """The request's id: the client's ``X-Request-ID`` if sane, else a new one."""
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if given and _VALID_ID.match(given) else secrets.token_hex(16)
+    """The request's id, kept in ``g`` (``request_id_of``)."""
+    g.request_id = request_id_of(request.headers.get("X-Request-ID", ""))

@@ -143,8 +143,19 @@ def _timer(method: str, route: str, status: int) -> Any:
     return timer
 
 
+def observe_request(method: str, route: str, status: int, started: float) -> None:
+    """Time one answer (``started``: its ``time.perf_counter()`` when it came in)."""
+    method = method if method in METHODS else "OTHER"
+    _timer(method, route, status).observe(time.perf_counter() - started)
+
+
+def count_submit(task_type: str, status: int) -> None:
+    """Count one answer of ``POST /api/v1/tasks`` by its task type and outcome."""
+    SUBMITS.labels(task_type, _outcome(status)).inc()
+
+
 def init_app(app: Flask) -> None:
-    """Time every request and count submits, from Flask's request hooks."""
+    """Time every request and count submits, from Flask's request hooks (and app.web.fast)."""
 
     @app.before_request
     def start_timer() -> None:
@@ -153,11 +164,9 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def observe(response: Response) -> Response:
         rule = request.url_rule
-        method = request.method if request.method in METHODS else "OTHER"
         if "started" in g:
-            elapsed = time.perf_counter() - g.started
-            timer = _timer(method, rule.rule if rule else "unmatched", response.status_code)
-            timer.observe(elapsed)
+            route = rule.rule if rule else "unmatched"
+            observe_request(request.method, route, response.status_code, g.started)
         if request.endpoint == "tasks.submit":  # the route names the task type in g
-            SUBMITS.labels(g.get("task_type", "unknown"), _outcome(response.status_code)).inc()
+            count_submit(g.get("task_type", "unknown"), response.status_code)
         return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,24 @@ def test_no_credential_reaches_the_access_log(stack: Any, tmp_path: Path, log_fo
     if log_format == "json":
         access = [line for line in json_lines(log) if "path" in line]
         assert {line["path"] for line in access} >= {"/api/v1/tasks", "/api/v1/task-types"}
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_path_cannot_forge_an_access_line(stack: Any, tmp_path: Path, log_format: str) -> None:
+    server = stack("redis")
+    env = errand_env(server.url, LOG_FORMAT=log_format)
+    path = b"/api/v1/tasks/%0a127.0.0.1%20%22GET%20/x%22%5c%85?token=secret"
+    with (
+        Api(env, tmp_path / "g.log", workers=1) as api,
+        socket.create_connection(("127.0.0.1", api.port), timeout=10) as client,
+    ):
+        client.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b" 404 " in client.recv(65536).split(b"\r\n", 1)[0]
+    lines = [line for line in (tmp_path / "g.log").read_text().splitlines() if "/x" in line]
+    assert len(lines) == 1, lines  # one line: the newline in the path did not start another
+    escaped = r"/api/v1/tasks/\x0a127.0.0.1 \x22GET /x\x22\x5c\x85"
+    if log_format == "json":
+        assert json.loads(lines[0])["path"] == escaped
+    else:
+        assert f'"GET {escaped} HTTP/1.1" 404' in lines[0]
+    assert "secret" not in lines[0]

@@ -8,6 +8,7 @@ from flask.sessions import SessionInterface
 from app.log import assign_request_id
 from app.web import (
     auth,
+    fast,
     health,
     limits,
     openapi,
@@ -58,3 +59,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(page.bp)
+    fast.init_app(app)  # last: it reads the routes

@@ -77,6 +77,14 @@ def verify(key: str) -> Principal | None:
     return Principal(key_id, record.get("name", ""), record.get("admin") == "1")
 
 
+def bearer(header: str) -> str | None:
+    """The key an ``Authorization`` header presents (``Bearer <key>``), or None."""
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
+
+
 def authenticate() -> None:
     """Before every request: who is calling, and may they call this route?
 
@@ -115,10 +123,10 @@ def _authenticate() -> None:
     if not header and request.endpoint == EVENTS and "token" in request.args:
         g.principal = _from_stream_token(request.args["token"])
         return
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer(header)
+    if key is None:
         raise Unauthenticated("send an API key: Authorization: Bearer <key>")
-    principal = verify(key.strip())  # a RedisError here is answered 503 by app.web.problems
+    principal = verify(key)  # a RedisError here is answered 503 by app.web.problems
     if principal is None:
         raise Unauthenticated("the API key is wrong or revoked", "invalid_token")
     g.principal = principal

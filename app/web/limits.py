@@ -29,16 +29,17 @@ COUNTED_IN_SCRIPT = {"tasks.submit", "tasks.status", "workflows.create"}
 SETTINGS = {"submit": "RATE_LIMIT_SUBMIT", "read": "RATE_LIMIT_READ"}
 
 
-def quota(name: str) -> Quota | None:
+def quota(name: str, remote_addr: str | None = None) -> Quota | None:
     """The caller's window for ``name`` (submit or read); None when that limit is off.
 
-    A window is per key; with ``AUTH_DISABLED``, per client address.
+    A window is per key; with ``AUTH_DISABLED``, per client address (``remote_addr``,
+    by default the current request's).
     """
     setting = current_app.config[SETTINGS[name]]
     principal = g.get("principal")
     if setting is None or principal is None:
         return None
-    owner = principal.key_id or f"ip:{request.remote_addr}"
+    owner = principal.key_id or f"ip:{request.remote_addr if remote_addr is None else remote_addr}"
     return Quota(name, f"{keys.LIMITS_PREFIX}:{name}:{owner}", setting[0], setting[1])
 
 
@@ -66,16 +67,18 @@ def count_request() -> None:
     spent(limit, usage)
 
 
+def rate_limit_headers(limit: Quota, usage: Usage) -> list[tuple[str, str]]:
+    """RateLimit-Policy and RateLimit of what a request left of its window."""
+    remaining = max(0, limit.amount - usage.used)
+    return [
+        ("RateLimit-Policy", f'"{limit.name}";q={limit.amount};w={limit.window}'),
+        ("RateLimit", f'"{limit.name}";r={remaining};t={usage.reset}'),
+    ]
+
+
 def add_rate_limit_headers(response: Response) -> None:
     """RateLimit-Policy and RateLimit on every answer that spent a window."""
     rate = g.get("rate")
     if rate is None or "RateLimit-Policy" in response.headers:
         return  # unlimited, or a 429 that set its own
-    limit, usage = rate
-    remaining = max(0, limit.amount - usage.used)
-    response.headers.extend(
-        [
-            ("RateLimit-Policy", f'"{limit.name}";q={limit.amount};w={limit.window}'),
-            ("RateLimit", f'"{limit.name}";r={remaining};t={usage.reset}'),
-        ]
-    )
+    response.headers.extend(rate_limit_headers(*rate))

@@ -14,6 +14,12 @@ SECURITY_HEADERS = [
 # and the docs set a policy of their own, which is kept.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 NO_STORE = "private, no-store"
+# What add_security_headers adds to an answer that set neither policy (app.web.fast's).
+API_HEADERS = [
+    *SECURITY_HEADERS,
+    ("Content-Security-Policy", API_POLICY),
+    ("Cache-Control", NO_STORE),
+]
 
 
 def add_security_headers(response: Response) -> None:

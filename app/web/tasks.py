@@ -102,6 +102,11 @@ def json_object() -> dict[str, Any]:
         raise UnsupportedMediaType("send the body as application/json")
     raw = _body()
     g.body_size = len(raw)
+    return parse_object(raw)
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A body as a JSON object: 400 and 422 for anything else."""
     try:
         body = json.loads(
             raw, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer
@@ -123,7 +128,11 @@ def idempotency_key() -> str | None:
     The header is a Structured Field string (``"..."``) in the IETF draft; a bare
     token is accepted too.
     """
-    raw = request.headers.get("Idempotency-Key")
+    return idempotency_key_of(request.headers.get("Idempotency-Key"))
+
+
+def idempotency_key_of(raw: str | None) -> str | None:
+    """An ``Idempotency-Key`` header's value (``raw``), or 400 (``idempotency_key``)."""
     if raw is None:
         return None
     value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
@@ -132,13 +141,18 @@ def idempotency_key() -> str | None:
     return value
 
 
+def is_task_id(text: str) -> bool:
+    """Whether ``text`` is an id as the server makes them (a UUID, in its canonical form)."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def task_id_or_404(task_id: str, kind: str = "task") -> str:
     """Ids are UUIDs the server made; anything else is unknown without asking Redis."""
-    try:
-        if str(uuid.UUID(task_id)) == task_id:
-            return task_id
-    except ValueError:
-        pass
+    if is_task_id(task_id):
+        return task_id
     raise TaskNotFound(f"no {kind} {task_id}")
 
 
@@ -151,12 +165,18 @@ def task_response(
     """The task resource with its ETag; ``created``: a new task, its address in ``Location``."""
     body, etag = encoded or body_and_etag(task)
     response = Response(body, status, mimetype="application/json")
-    response.headers["ETag"] = etag
-    if task["state"] not in FINAL_STATES:
-        response.headers["Retry-After"] = "1"
-    if created:
-        response.headers["Location"] = task["links"]["self"]
+    response.headers.extend(task_headers(task, etag, created))
     return response
+
+
+def task_headers(task: dict[str, Any], etag: str, created: bool = False) -> list[tuple[str, str]]:
+    """The headers of a task resource answer: its ETag, when to ask again, a new one's address."""
+    headers = [("ETag", etag)]
+    if task["state"] not in FINAL_STATES:
+        headers.append(("Retry-After", "1"))
+    if created:
+        headers.append(("Location", task["links"]["self"]))
+    return headers
 
 
 def validated(task_type: TaskType, raw: dict[str, Any]) -> BaseModel:
@@ -182,10 +202,10 @@ def off_the_loop(func: Callable[..., T], *args: Any) -> T:
     return get_hub().threadpool.apply(run)
 
 
-@bp.post("/tasks")
-def submit() -> Response:
+def submission_of(body: dict[str, Any]) -> tuple[Submission, TaskType]:
+    """A submit's body and its task type, or a 422; ``g.task_type`` names the type for metrics."""
     try:
-        submission = Submission.model_validate(json_object())
+        submission = Submission.model_validate(body)
     except ValidationError as exc:
         raise Unprocessable("the submission is not valid", validation_errors(exc)) from None
     registry = task_types()
@@ -196,6 +216,38 @@ def submit() -> Response:
             f"unknown task type {submission.task!r}",
             [{"loc": ["task"], "msg": "not one of " + ", ".join(sorted(registry))}],
         )
+    return submission, task_type
+
+
+def accept(
+    submission: Submission,
+    task_type: TaskType,
+    params: BaseModel,
+    idempotency: str | None,
+    fields: dict[str, str] | None = None,
+    remote_addr: str | None = None,
+) -> dict[str, Any]:
+    """Submit for the caller, counted in its submit window: the task resource (or an error)."""
+    options = submission.options.model_dump(exclude_none=True)
+    limit = quota("submit", remote_addr)
+    task, usage = jobs().submit(
+        current(),
+        task_type,
+        params.model_dump(mode="json"),
+        options,
+        idempotency,
+        g.get("request_id", ""),
+        quota=limit,
+        fields=fields,
+    )
+    if limit is not None:
+        spent(limit, usage)
+    return task
+
+
+@bp.post("/tasks")
+def submit() -> Response:
+    submission, task_type = submission_of(json_object())
     fields = None
     if submission.callback_url is not None:
         config = current_app.config
@@ -209,20 +261,7 @@ def submit() -> Response:
         params = off_the_loop(validated, task_type, submission.params)
     else:
         params = validated(task_type, submission.params)
-    options = submission.options.model_dump(exclude_none=True)
-    limit = quota("submit")
-    task, usage = jobs().submit(
-        current(),
-        task_type,
-        params.model_dump(mode="json"),
-        options,
-        idempotency_key(),
-        g.get("request_id", ""),
-        quota=limit,
-        fields=fields,
-    )
-    if limit is not None:
-        spent(limit, usage)
+    task = accept(submission, task_type, params, idempotency_key(), fields)
     return task_response(task, 202, created=True)
 
 
@@ -249,14 +288,21 @@ def wait_seconds() -> float:
     return float(seconds)
 
 
+def read(task_id: str, remote_addr: str | None = None) -> dict[str, Any]:
+    """The task for the caller, counted in its read window (or an error)."""
+    limit = quota("read", remote_addr)
+    task, usage = jobs().read(current(), task_id, limit)
+    if limit is not None:
+        spent(limit, usage)
+    return task
+
+
 @bp.get("/tasks/<task_id>")
 def status(task_id: str) -> Response:
     task_id = task_id_or_404(task_id)
-    principal, service, limit = current(), jobs(), quota("read")
     wait = wait_seconds() if request.args else 0.0
-    task, usage = service.read(principal, task_id, limit)
-    if limit is not None:
-        spent(limit, usage)
+    task = read(task_id)
+    principal, service = current(), jobs()
     body, etag = body_and_etag(task)
     client_has = request.headers.get("If-None-Match")
     if wait and task["state"] not in FINAL_STATES and (not client_has or matches(client_has, etag)):

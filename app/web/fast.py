@@ -1,0 +1,180 @@
+"""Submit and status reads, answered without Flask's request machinery.
+
+``FastPath`` wraps the Flask app's WSGI callable. It answers the two routes
+clients call most, ``POST /api/v1/tasks`` and ``GET /api/v1/tasks/<id>``, in
+their plain form: a key (or ``AUTH_DISABLED``), no query string, and
+for a submit a JSON body (``Content-Type: application/json``,
+a ``Content-Length`` up to 64 KiB) with no ``callback_url``. It calls what the
+views call (``app.web.tasks``, ``app.web.auth``, ``app.web.limits``, hence
+``Jobs`` and its scripts) and builds the answer once, with the headers and
+metrics of Flask's hooks (``app.web``, ``app.metrics``).
+
+Everything else goes to Flask unchanged: other routes and methods, a query
+string (``?wait=``), every request when ``CORS_ORIGINS`` is set, other bodies;
+and so does a request it took up whose answer would be an error before anything
+happened (no key or a wrong one, a body that is not a valid submit), with its
+body handed on as read. An error once the job service was called (a limit, a
+404, Redis down) is answered by Flask's own error handlers and after-request
+hooks, as a view's would be.
+``FAST_PATH=false`` sends everything to Flask; tests/test_fast.py checks that
+both answer every variant alike.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, g
+from werkzeug.http import HTTP_STATUS_CODES
+
+from app.errors import ErrandError
+from app.jobs.service import OPEN_ACCESS
+from app.log import request_id_of
+from app.metrics import count_submit, observe_request
+from app.web import auth, tasks
+from app.web.limits import rate_limit_headers
+from app.web.live import body_and_etag, matches
+from app.web.security import API_HEADERS
+
+StartResponse = Callable[..., Any]
+JSON = ("Content-Type", "application/json")
+
+
+def _status_line(code: int) -> str:
+    return f"{code} {HTTP_STATUS_CODES[code].upper()}"  # as Werkzeug's responses have it
+
+
+OK, ACCEPTED, NOT_MODIFIED = _status_line(200), _status_line(202), _status_line(304)
+
+
+class FallThrough(Exception):
+    """Flask answers this request: it is not one the fast path answers exactly alike."""
+
+
+class FastPath:
+    """The WSGI app: the two hot routes here, everything else through ``flask``."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app, self.flask = app, app.wsgi_app
+        self.submit_route = _rule(app, "tasks.submit")  # /api/v1/tasks
+        self.status_route = _rule(app, "tasks.status")  # /api/v1/tasks/<task_id>
+        self.status_prefix = self.status_route.split("<", 1)[0]
+        self.max_body = min(tasks.LARGE_BODY, app.config["MAX_CONTENT_LENGTH"])
+        self.auth_disabled = app.config["AUTH_DISABLED"]
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if environ.get("QUERY_STRING"):
+            return self.flask(environ, start_response)
+        if method == "POST" and path == self.submit_route:
+            answer = self._answer(self._submit, self.submit_route, environ, start_response)
+        elif method == "GET" and path.startswith(self.status_prefix):
+            answer = self._answer(self._status, self.status_route, environ, start_response)
+        else:
+            return self.flask(environ, start_response)
+        return self.flask(environ, start_response) if answer is None else answer
+
+    def _answer(
+        self,
+        handler: Callable[[dict[str, Any]], tuple[str, bytes, list[tuple[str, str]]]],
+        route: str,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+    ) -> Iterable[bytes] | None:
+        """The answer of ``handler``, or None when Flask is to answer instead."""
+        with self.app.app_context():  # what the views use: config, the services, g
+            g.started = time.perf_counter()
+            g.request_id = request_id_of(environ.get("HTTP_X_REQUEST_ID", ""))
+            try:
+                status, body, headers = handler(environ)
+            except FallThrough:
+                return None
+            except Exception as error:  # answered as Flask answers a view's
+                return self._error(error, environ, start_response)
+            rate = g.get("rate")
+            if rate is not None:
+                headers += rate_limit_headers(*rate)
+            headers += API_HEADERS
+            headers.append(("X-Request-ID", g.request_id))
+            code = int(status[:3])
+            observe_request(environ["REQUEST_METHOD"], route, code, g.started)
+            if route == self.submit_route:
+                count_submit(g.get("task_type", "unknown"), code)
+        start_response(status, headers)
+        return [body]
+
+    def _error(
+        self, error: Exception, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Flask's answer to ``error`` raised in a view: its handlers, then its hooks."""
+        with self.app.request_context(environ):  # in this app context: g is kept
+            response = self.app.finalize_request(self.app.handle_user_exception(error))
+            return response(environ, start_response)  # type: ignore[no-any-return]
+
+    def _principal(self, environ: dict[str, Any]) -> None:
+        """Who calls, in ``g.principal`` as ``app.web.auth`` keeps it; Flask answers a 401."""
+        if self.auth_disabled:
+            g.principal = OPEN_ACCESS
+            return
+        key = auth.bearer(environ.get("HTTP_AUTHORIZATION", ""))
+        principal = auth.verify(key) if key is not None else None
+        if principal is None:
+            raise FallThrough
+        g.principal = principal
+
+    def _submit(self, environ: dict[str, Any]) -> tuple[str, bytes, list[tuple[str, str]]]:
+        length = environ.get("CONTENT_LENGTH", "")
+        if (
+            environ.get("CONTENT_TYPE") != "application/json"
+            or "HTTP_TRANSFER_ENCODING" in environ  # Werkzeug reads no Content-Length then
+            or not (length.isascii() and length.isdigit() and 0 < int(length) <= self.max_body)
+        ):
+            raise FallThrough
+        self._principal(environ)
+        raw = environ["wsgi.input"].read(int(length))
+        try:
+            submission, task_type = tasks.submission_of(tasks.parse_object(raw))
+            if submission.callback_url is not None:  # its checks are the view's alone
+                raise FallThrough
+            params = tasks.validated(task_type, submission.params)
+            idempotency = tasks.idempotency_key_of(environ.get("HTTP_IDEMPOTENCY_KEY"))
+        except (ErrandError, FallThrough):
+            environ["wsgi.input"] = io.BytesIO(raw)  # Flask reads the same body
+            raise FallThrough from None
+        task = tasks.accept(submission, task_type, params, idempotency, None, _remote(environ))
+        body, etag = body_and_etag(task)
+        headers = [JSON, ("Content-Length", str(len(body))), *tasks.task_headers(task, etag, True)]
+        return ACCEPTED, body, headers
+
+    def _status(self, environ: dict[str, Any]) -> tuple[str, bytes, list[tuple[str, str]]]:
+        task_id = environ["PATH_INFO"][len(self.status_prefix) :]
+        if not tasks.is_task_id(task_id):
+            raise FallThrough  # Flask's 404 (or another route's answer)
+        self._principal(environ)
+        task = tasks.read(task_id, _remote(environ))
+        body, etag = body_and_etag(task)
+        if matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
+            return NOT_MODIFIED, b"", [("ETag", etag)]
+        headers = [JSON, ("Content-Length", str(len(body))), *tasks.task_headers(task, etag)]
+        return OK, body, headers
+
+
+def _remote(environ: dict[str, Any]) -> str:
+    return str(environ.get("REMOTE_ADDR"))  # as Werkzeug's request.remote_addr reads it
+
+
+def _rule(app: Flask, endpoint: str) -> str:
+    return next(rule.rule for rule in app.url_map.iter_rules(endpoint))
+
+
+def init_app(app: Flask) -> None:
+    """Put the fast path in front of Flask, unless ``FAST_PATH`` is off or CORS is on.
+
+    flask-cors adds its headers to every answer once ``CORS_ORIGINS`` names origins
+    (with an ``Origin`` header or without): those deployments keep Flask's path.
+    """
+    if app.config["FAST_PATH"] and not app.config["CORS_ORIGINS"]:
+        app.wsgi_app = FastPath(app)  # type: ignore[method-assign]
