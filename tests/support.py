@@ -268,13 +268,21 @@ class SmtpSink:
 
 
 class Api:
-    """The API under gunicorn with ``workers`` processes, called over HTTP on loopback."""
+    """The API under gunicorn with ``workers`` processes, called over HTTP on loopback.
+
+    ``host`` is the loopback address it listens on (127.0.0.2, ... for other "hosts").
+    """
 
     def __init__(
-        self, env: dict[str, str], log: Path, workers: int = 2, target: str = "wsgi:app"
+        self,
+        env: dict[str, str],
+        log: Path,
+        workers: int = 2,
+        target: str = "wsgi:app",
+        host: str = "127.0.0.1",
     ) -> None:
-        self.port = free_port()
-        settings = {**env, "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
+        self.host, self.port = host, free_port()
+        settings = {**env, "GUNICORN_BIND": f"{host}:{self.port}"}
         settings["WEB_CONCURRENCY"] = str(workers)
         command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", target]
         self.process = Process(command, log, settings)
@@ -299,7 +307,7 @@ class Api:
     ) -> tuple[int, Any, Any]:
         """(status, headers, body): the body parsed if JSON, else text; status 0 if no answer."""
         data = json.dumps(body).encode() if body is not None else None
-        url = f"http://127.0.0.1:{self.port}{path}"
+        url = f"http://{self.host}:{self.port}{path}"
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         if key:
