@@ -18,7 +18,8 @@ both addresses, runs each phase ``--rounds`` times, with its own client tally:
 
 Then every job answered ``202`` is polled to its final state, and its runs counted.
 The report (JSON) gives, per phase, the requests, the answers that were not 2xx by
-status and the connection errors, and for all the jobs: accepted, lost (not
+status, the connection errors and the slowest answer (a reload's pause while the
+new gunicorn workers load the app), and for all the jobs: accepted, lost (not
 SUCCESS), never run and run twice. Counts and ratios, not timings, are the point:
 the machine is shared.
 """
@@ -70,6 +71,7 @@ def phase_report(traffic: Traffic) -> dict[str, Any]:
         "not_2xx": {k: v for k, v in sorted(answers.items()) if not k.split()[1].startswith("2")},
         "connection_errors": dict(errors),
         "honoured_429": traffic.honoured_429,
+        "slowest_answer_s": round(max((t.slowest for t in traffic.tallies.values()), default=0), 2),
     }
 
 

@@ -41,6 +41,7 @@ class Tally:
     answers: Counter[str] = field(default_factory=Counter)  # "POST 202", "GET 200", ...
     errors: Counter[str] = field(default_factory=Counter)  # connection errors by kind
     error_times: list[float] = field(default_factory=list)  # time.monotonic() of each
+    slowest: float = 0.0  # seconds, the longest a request took to be answered
 
 
 class Traffic:
@@ -103,6 +104,7 @@ class Traffic:
             f"{host}:{port}": {
                 "answers": dict(t.answers),
                 "errors": dict(t.errors),
+                "slowest_s": round(t.slowest, 2),
             }
             for (host, port), t in sorted(self.tallies.items())
         }
@@ -173,6 +175,7 @@ class Traffic:
                 connection.close()  # closed by the server while idle: any client checks this
                 connection = None
             connection = connection or http.client.HTTPConnection(*address, timeout=15)
+            began = time.monotonic()
             try:
                 connection.request(method, path, data, sent)
                 response = connection.getresponse()
@@ -190,6 +193,7 @@ class Traffic:
                 connection.close()
             with self.lock:
                 tally.answers[f"{method} {response.status}"] += 1
+                tally.slowest = max(tally.slowest, time.monotonic() - began)
             if response.status == 429 and not self.stopping.is_set():
                 with self.lock:
                     self.honoured_429 += 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.load import Traffic, address, final_states, run_counts
-from tests.support import Api, Process, RedisServer, Worker, errand_env
+from tests.support import Api, Process, RedisServer, Worker, errand_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -48,6 +48,13 @@ class Host:
         """SIGKILL every process of the host at once."""
         assert self.group.proc is not None
         os.killpg(self.group.proc.pid, signal.SIGKILL)
+
+
+def live_workers(api: Api) -> set[str]:
+    """The worker names ``GET /api/v1/workers`` lists (their heartbeats in Redis)."""
+    status, _, body = api.call("GET", "/api/v1/workers")
+    assert status == 200, body
+    return {worker["name"] for worker in body["items"]}
 
 
 @contextlib.contextmanager
@@ -87,7 +94,8 @@ def test_a_whole_host_lost_under_load_loses_no_accepted_job(tmp_path: Path) -> N
         lost = fleet[1]
         plan = [(keep, [address(host.api)]) for host in fleet for keep in (False, True)]
         traffic = Traffic(plan, job_seconds=0.1)
-        traffic.pause = 0.1
+        traffic.pause = 0.05
+        assert live_workers(fleet[0].api) == {f"worker@{host.name}" for host in fleet}
         traffic.start()
         try:
             time.sleep(3)
@@ -117,4 +125,7 @@ def test_a_whole_host_lost_under_load_loses_no_accepted_job(tmp_path: Path) -> N
         # Only what the lost worker held can run again: running or prefetched, plus one
         # finished whose acknowledgement had not reached Redis.
         assert sum(n for times, n in runs.items() if times > 1) <= 2 * CONCURRENCY + 1, runs
+        # The lost host's heartbeat ages out; the others' names are their own.
+        others = {f"worker@{host.name}" for host in fleet if host is not lost}
+        wait_for(lambda: live_workers(fleet[0].api) == others, 15, 0.2)
         print(f"host lost: {len(ids)} jobs ({len(by_lost)} by the lost host), runs {dict(runs)}")
