@@ -108,6 +108,7 @@ def main() -> None:
 
         def phase(name: str, action: Any) -> None:
             traffic = Traffic(plan, job_seconds=args.job_seconds).start()
+            began = time.monotonic()
             try:
                 time.sleep(1)
                 extra = action(traffic)
@@ -115,7 +116,8 @@ def main() -> None:
             finally:
                 traffic.stop()
             accepted.extend(traffic.accepted)
-            report[name] = {**phase_report(traffic), **(extra or {})}
+            seconds = {"seconds": round(time.monotonic() - began, 1)}
+            report[name] = {**seconds, **phase_report(traffic), **(extra or {})}
 
         def reloads(traffic: Traffic) -> None:
             for _ in range(args.rounds):

@@ -60,7 +60,7 @@ def test_rolling_restart_fails_no_request(tmp_path: Path) -> None:
         both = [address(api) for api in apis]
         # Two clients on fresh connections, two keeping theirs alive, all across both APIs.
         traffic = Traffic([(False, both), (False, both[::-1]), (True, both), (True, both[::-1])])
-        traffic.pause = 0.01
+        traffic.pause = 0.05
         traffic.start()
         try:
             time.sleep(1)
