@@ -272,9 +272,14 @@ def restart_api(api: Api, traffic: Traffic, timeout: float = 60) -> None:
     traffic.restore(address(api))
 
 
-def replace_worker(old: Worker, new: Worker, timeout: float = 60) -> None:
-    """Start the new worker, then SIGTERM the old one's main process (a warm shutdown)."""
+def replace_worker(old: Worker, new: Worker, timeout: float = 60) -> float:
+    """Start the new worker, then SIGTERM the old one's main process (a warm shutdown).
+
+    The seconds from the SIGTERM to the old worker's exit.
+    """
     assert old.proc is not None
     new.start()
+    began = time.monotonic()
     old.proc.send_signal(signal.SIGTERM)
     old.proc.wait(timeout)
+    return time.monotonic() - began
