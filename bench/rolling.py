@@ -7,7 +7,10 @@ and two workers, then, while ``--clients`` clients (half on fresh connections,
 half keeping theirs alive) submit ``test.sleep`` jobs and read them back through
 both addresses, runs each phase ``--rounds`` times, with its own client tally:
 
-- ``reload``: each API in turn gets gunicorn's graceful reload (HUP to the master);
+- ``reload``: each API in turn gets gunicorn's graceful reload (HUP to the master),
+  its old workers serving until the new ones have loaded the app (gunicorn.conf.py);
+- ``reload_without_wait``: the same with ``GUNICORN_RELOAD_WAIT=0``, gunicorn's own
+  behaviour (the old workers stop at once): the comparison;
 - ``restart_drained``: each API in turn is stopped (SIGTERM to the master) and
   started again while the clients, as a load balancer would, send it nothing from
   before the stop until it answers ``/readyz`` again (README, Deploying);
@@ -147,6 +150,14 @@ def main() -> None:
                     workers.append(new)  # stopped at the end like the others
             return {"seconds_from_sigterm_to_exit": stops}
 
+        def settle_apis(**settings: str) -> None:
+            for api in apis:
+                api.process.env = {**(api.process.env or {}), **settings}
+                restart_undrained(api)
+
+        settle_apis(GUNICORN_RELOAD_WAIT="0")  # the comparison: gunicorn's own reload
+        phase("reload_without_wait", reloads)
+        settle_apis(GUNICORN_RELOAD_WAIT="15")  # the default
         phase("reload", reloads)
         phase("restart_drained", drained)
         phase("restart_undrained", undrained)

@@ -244,8 +244,11 @@ def address(api: Api) -> Address:
     return (api.host, api.port)
 
 
-def reload_api(api: Api, timeout: float = 60) -> None:
-    """gunicorn's graceful reload: HUP to the master; back once every old worker has left."""
+def reload_api(api: Api, timeout: float = 60) -> bytes:
+    """gunicorn's graceful reload: HUP to the master; back once every old worker has left.
+
+    What the reload logged, from the HUP on.
+    """
     assert api.process.proc is not None
     before = api.log.read_bytes()
     booted, left = before.count(b"Booting worker"), before.count(b"Worker exiting")
@@ -259,6 +262,7 @@ def reload_api(api: Api, timeout: float = 60) -> None:
         )
 
     wait_for(replaced, timeout, 0.1)
+    return api.log.read_bytes()[len(before) :]
 
 
 def restart_api(api: Api, traffic: Traffic, timeout: float = 60) -> None:

@@ -65,7 +65,12 @@ def test_rolling_restart_fails_no_request(tmp_path: Path) -> None:
         try:
             time.sleep(1)
             for api in apis:
-                reload_api(api)
+                logged = reload_api(api)
+                # The old workers served on until every new one had loaded the app.
+                lines = [line for line in logged.splitlines() if b"Worker " in line]
+                last_ready = max(i for i, line in enumerate(lines) if b"Worker ready" in line)
+                first_exit = min(i for i, line in enumerate(lines) if b"Worker exiting" in line)
+                assert last_ready < first_exit, logged.decode(errors="replace")
                 time.sleep(0.5)
             for api in apis:
                 restart_api(api, traffic)
