@@ -1,5 +1,6 @@
 """gunicorn settings, from the environment (see the README's settings table)."""
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -8,9 +9,11 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import traceback
 from typing import Any
 
+import gevent
 from gunicorn import glogging
 from gunicorn.workers import ggevent
 from gunicorn.workers.base_async import AsyncWorker
@@ -34,6 +37,19 @@ class GeventWorker(ggevent.GeventWorker):
         client.setblocking(True)
         client.settimeout(self.read_timeout)
         AsyncWorker.handle(self, listener, client, addr)
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        # On a HUP gunicorn forks the new workers and at once sends the old ones SIGTERM,
+        # before the new ones have loaded the app: nobody accepted until they had (15 s
+        # on a busy 2-core machine: requests timed out, bench/rolling.py). An old worker
+        # keeps serving until every newer one is ready (at most GUNICORN_RELOAD_WAIT s).
+        gevent.spawn(self.stop_once_replaced)
+
+    def stop_once_replaced(self) -> None:
+        deadline = time.monotonic() + reload_wait
+        while time.monotonic() < deadline and newer_loading(self.age):  # type: ignore[attr-defined]
+            gevent.sleep(0.1)
+        self.alive = False
 
 
 # gevent: one process holds many connections at once (long-polls, streams, slow
@@ -128,6 +144,39 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+# Which workers were forked and which have loaded the app, by age (gunicorn numbers its
+# workers in order), for GeventWorker.handle_exit: one file each, in a directory of this
+# master's (kept across a reload in ERRAND_WORKERS_DIR).
+reload_wait = float(os.environ.get("GUNICORN_RELOAD_WAIT", "15"))
+if not os.environ.get("ERRAND_WORKERS_DIR"):
+    os.environ["ERRAND_WORKERS_DIR"] = tempfile.mkdtemp(prefix="errand-workers-")
+_workers_dir = os.environ["ERRAND_WORKERS_DIR"]
+
+
+def newer_loading(age: int) -> bool:
+    """True while a worker younger than ``age`` was forked and has not loaded the app yet."""
+    try:
+        names = set(os.listdir(_workers_dir))
+    except OSError:
+        return False
+    forked = {int(n.split("-")[1]) for n in names if n.startswith("forked-")}
+    return any(a > age and f"ready-{a}" not in names for a in forked)
+
+
+def _mark(state: str, worker: object) -> None:
+    with open(os.path.join(_workers_dir, f"{state}-{worker.age}"), "w"):  # type: ignore[attr-defined]
+        pass
+
+
+def pre_fork(server: object, worker: object) -> None:
+    _mark("forked", worker)
+
+
+def post_worker_init(worker: object) -> None:
+    _mark("ready", worker)
+    worker.log.info("Worker ready (pid: %s)", worker.pid)  # type: ignore[attr-defined]
+
+
 def _remove_metrics_dir() -> None:
     if os.environ.get("ERRAND_METRICS_DIR_MADE") == _metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
@@ -142,6 +191,7 @@ def on_starting(server: object) -> None:
         config.load()
     except config.ConfigError as error:
         _remove_metrics_dir()
+        shutil.rmtree(_workers_dir, ignore_errors=True)
         print(f"errand: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     shutil.rmtree(_metrics_dir, ignore_errors=True)
@@ -153,7 +203,11 @@ def child_exit(server: object, worker: object) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    for state in ("forked", "ready"):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(_workers_dir, f"{state}-{worker.age}"))  # type: ignore[attr-defined]
 
 
 def on_exit(server: object) -> None:
     _remove_metrics_dir()
+    shutil.rmtree(_workers_dir, ignore_errors=True)

@@ -55,22 +55,28 @@ class Process:
     def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.command, self.log, self.env = command, log, env
         self.proc: subprocess.Popen[bytes] | None = None
+        # Where it runs, and the process group it joins (None: a session of its own, 0: a
+        # group of its own in this session); simulated hosts set both (tests/test_hosts.py).
+        self.cwd: Path = ROOT
+        self.group: int | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.command,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=self.group is None,
+                process_group=self.group,
             )
 
     def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(self.proc.pid), signum)
 
     def stop(self, grace: float = 10.0) -> None:
         if self.proc is None:
@@ -80,7 +86,7 @@ class Process:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(grace)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the group is left
+            os.killpg(self.group or self.proc.pid, signal.SIGKILL)  # whatever of the group is left
         self.proc.wait()
 
     def kill(self) -> None:
@@ -200,11 +206,13 @@ class Worker(Process):
         pool: str = "prefork",
         queues: str = "",
         exclude: str = "",
+        node: str = "",
     ) -> None:
+        # ``node``: the whole node name (``name@hostX``), for workers of simulated hosts.
         command = [
             str(BIN / "celery"),
             *("-A", "worker:celery_app", "worker", "-P", pool, "-c", str(concurrency)),
-            *("-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"),
+            *("-n", node or f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"),
             *(("-Q", queues) if queues else ()),
             *(("-X", exclude) if exclude else ()),
         ]
@@ -268,15 +276,23 @@ class SmtpSink:
 
 
 class Api:
-    """The API under gunicorn with ``workers`` processes, called over HTTP on loopback."""
+    """The API under gunicorn with ``workers`` processes, called over HTTP on loopback.
+
+    ``host`` is the loopback address it listens on (127.0.0.2, ... for other "hosts").
+    """
 
     def __init__(
-        self, env: dict[str, str], log: Path, workers: int = 2, target: str = "wsgi:app"
+        self,
+        env: dict[str, str],
+        log: Path,
+        workers: int = 2,
+        target: str = "wsgi:app",
+        host: str = "127.0.0.1",
     ) -> None:
-        self.port = free_port()
-        settings = {**env, "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
+        self.host, self.port = host, free_port()
+        settings = {**env, "GUNICORN_BIND": f"{host}:{self.port}"}
         settings["WEB_CONCURRENCY"] = str(workers)
-        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", target]
+        command = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), target]
         self.process = Process(command, log, settings)
         self.log, self.workers = log, workers
 
@@ -299,7 +315,7 @@ class Api:
     ) -> tuple[int, Any, Any]:
         """(status, headers, body): the body parsed if JSON, else text; status 0 if no answer."""
         data = json.dumps(body).encode() if body is not None else None
-        url = f"http://127.0.0.1:{self.port}{path}"
+        url = f"http://{self.host}:{self.port}{path}"
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         if key:
