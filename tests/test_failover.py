@@ -245,3 +245,4 @@ def test_beat_and_a_waiting_client_follow_the_new_primary(tmp_path: Path) -> Non
                 return bool(last) and datetime.fromisoformat(last).timestamp() > switched + 1
 
             wait_for(ran_since_switch, 30)  # beat runs the schedule on the new primary
+            assert beat.proc is not None and beat.proc.poll() is None  # never restarted

@@ -13,14 +13,17 @@ start, the schedules of ``SCHEDULES_FILE`` are checked and put in step.
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
 from flask import Flask
 from pydantic import ValidationError
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis
 
 from app.errors import Unprocessable
 from app.jobs.schedules import FILE_ID, Decoder, Schedules, Spec, params_checked
@@ -28,6 +31,8 @@ from app.schemas import ScheduleCreate
 from app.store import keys
 
 MAX_FILE_SCHEDULES = 1000
+
+log = logging.getLogger(__name__)
 
 
 class Entry(RedBeatSchedulerEntry):
@@ -59,6 +64,36 @@ class Scheduler(RedBeatScheduler):
         specs = read_file(Path(path), self.service) if path else {}
         super().setup_schedule()  # Errand's own jobs (beat_schedule)
         self.service.sync_file(specs)  # no file (any more): its schedules go
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """redbeat's tick, which waits out a Redis that went away (a restart, a failover).
+
+        redbeat extends its lock with a call it does not retry, and beat dies of the
+        error ("beat raised exception ConnectionError"). Here the tick is tried again a
+        second later; a lock that ran out meanwhile (or was never taken: Redis was away
+        at start) is taken again first, waiting while another beat holds it, so that
+        one beat acts at a time.
+        """
+        try:
+            if self.lock_key and self.lock is None:
+                self.take_lock()
+            return float(super().tick(*args, **kwargs))
+        except redis.exceptions.LockError:
+            log.warning("beat: the lock ran out while Redis was away; taking it again")
+            self.lock = None
+            return 0.0
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("beat: Redis did not answer (%s); trying again in 1 s", exc)
+            return 1.0
+
+    def take_lock(self) -> None:
+        """Take beat's lock as redbeat does at start (blocking while another beat holds it)."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        lock.acquire()
+        log.info("beat: Acquired lock")
+        self.lock = lock
 
     def apply_async(
         self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
