@@ -137,9 +137,14 @@ def test_replica_lost_is_503_until_it_is_back(tmp_path: Path) -> None:
                 replica.start()  # empty: it copies everything from the primary again
                 back_at = time.monotonic()
                 wait_for(
-                    lambda: sum(a.at > back_at for a in load.answers if a.status == 202) >= 50, 30
+                    lambda: (
+                        sum(a.at > back_at for a in load.answers if a.status == 202) >= 50
+                        and len(load.answers) >= 200
+                    ),
+                    30,
                 )
             check_answers(load)
+            assert len(load.answers) >= 200
             # Started after the primary saw the replica go (a moment), ended before it was
             # back: no copy anywhere but the primary, so none was answered 202.
             alone = [a for a in load.answers if lost_at + 0.2 < a.at < back_at - 0.6]
