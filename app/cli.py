@@ -52,8 +52,11 @@ def list_command(as_json: bool) -> None:
 
     The ID is what 'keys revoke' takes.
     """
-    found = [_described(key) for key in apikeys.list_keys(store.client())]
-    found.sort(key=lambda key: (key["created_at"] or "", key["id"] or ""))
+    listed = apikeys.list_keys(store.client())
+    listed.sort(
+        key=lambda key: (int(key.get("created_us") or 0), key["created_at"] or "", key["id"])
+    )
+    found = [_described(key) for key in listed]
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

@@ -241,8 +241,24 @@ def test_beat_and_a_waiting_client_follow_the_new_primary(tmp_path: Path) -> Non
             redis_set.wait_new_primary(old.port)
             switched = time.time()
             waiting.join(30)
+            # Answered across the switch: the change (200), or, if its notice fell in the
+            # moment the subscriber was away, the wait's end (304); then a read has it.
             status, _, body = answer["reply"]
+            assert status in {200, 304}, (status, body)
+            wait_for(lambda: api.call("GET", url)[2]["state"] == "SUCCESS", 20)
+            # The subscriber follows the new primary: a long-poll now answers on the change.
+            status, _, task = api.call(
+                "POST", "/api/v1/tasks", {"task": "test.sleep", "params": {"seconds": 1}}
+            )
+            url = f"/api/v1/tasks/{task['id']}"
+            wait_for(lambda: api.call("GET", url)[2]["state"] == "STARTED", 20)
+            _, headers, _ = api.call("GET", url)
+            started = time.monotonic()
+            status, _, body = api.call(
+                "GET", f"{url}?wait=8", headers={"If-None-Match": headers["ETag"]}
+            )
             assert status == 200 and body["state"] == "SUCCESS", (status, body)
+            assert time.monotonic() - started < 6  # on the change, not at the wait's end
 
             def ran_since_switch() -> bool:
                 status, _, shown = api.call("GET", schedule["links"]["self"])

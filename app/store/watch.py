@@ -33,6 +33,7 @@ class Watcher:
         self._waiting: dict[str, set[threading.Event]] = {}
         self._ready: dict[str, threading.Event] = {}
         self._requests: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._resubscribed: set[str] = set()
         self._work = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,6 +96,7 @@ class Watcher:
                     for channel in self._waiting:
                         self._ready.setdefault(channel, threading.Event()).clear()
                         self._requests.put(("subscribe", channel))
+                        self._resubscribed.add(channel)
                 threading.Event().wait(0.5)
 
     def _serve(self, pubsub: redis.client.PubSub) -> None:
@@ -120,6 +122,12 @@ class Watcher:
             with self._lock:
                 if message["type"] == "subscribe" and channel in self._ready:
                     self._ready[channel].set()
+                    if channel in self._resubscribed:
+                        # Subscribed again after Redis came back: what changed before
+                        # now reached nobody, so the waiters read once more.
+                        self._resubscribed.discard(channel)
+                        for changed in self._waiting.get(channel, ()):
+                            changed.set()
                 elif message["type"] == "message":
                     for changed in self._waiting.get(channel, ()):
                         changed.set()
