@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(RuntimeError):
@@ -115,20 +116,31 @@ def _routes(env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
-_SENTINEL = re.compile(
-    r"^sentinel://(?:[^@/;]*@)?(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\])(?::\d+)?(?:/\d*)?$"
-)
 
 
-def _sentinel_url(name: str, url: str) -> None:
-    """A ``sentinel://host:port;sentinel://host:port/0`` URL, or a ConfigError."""
+def sentinels(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The sentinels' addresses in a ``sentinel://h1:26379;sentinel://h2/0`` URL, and the
+    primary's db, username and password; ValueError (naming no password) if it is not one."""
+    addresses, params = [], {}
     for part in url.split(";"):
-        if not _SENTINEL.match(part.strip()):
-            shown = re.sub(r"//[^@/;]*@", "//***@", part.strip())  # never a password
-            raise ConfigError(
-                f"{name} must list sentinels as sentinel://host:port;sentinel://host:port/0, "
-                f"not {shown!r}"
-            )
+        found = urlsplit(part.strip())
+        try:
+            port = found.port or 26379
+        except ValueError:
+            port = 0
+        if found.scheme != "sentinel" or not found.hostname or not port:
+            raise ValueError("not a sentinel://host:port address")
+        addresses.append((found.hostname, port))
+        if found.password and "password" not in params:
+            params["password"] = unquote(found.password)
+            if found.username:
+                params["username"] = unquote(found.username)
+        db = found.path.strip("/")
+        if db:
+            if not db.isdigit():
+                raise ValueError("a sentinel:// URL's database is a number")
+            params["db"] = int(db)
+    return addresses, params
 
 
 def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -177,7 +189,13 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     for name, url in (("REDIS_URL", redis_url), ("CELERY_BROKER_URL", broker_url),
                       ("CELERY_RESULT_BACKEND", result_url)):  # fmt: skip
         if url.startswith("sentinel://"):
-            _sentinel_url(name, url)
+            try:
+                sentinels(url)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{name} must list sentinels as sentinel://host:port;sentinel://host:port/0"
+                    f" ({exc})"
+                ) from None
             if not sentinel_master:
                 raise ConfigError(f"REDIS_SENTINEL_MASTER must name the primary {name} asks for")
     min_replicas = _int(env, "REDIS_MIN_REPLICAS", 0)
@@ -196,14 +214,12 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         raise ConfigError(
             f"REDIS_REPLICA_WAIT ({replica_wait}) must be shorter than REDIS_TIMEOUT ({timeout})"
         )
-    if sentinel_master:
-        # How kombu, Celery's result backend and redis-py find the primary.
-        sentinel_options = {
-            "master_name": sentinel_master,
-            "sentinel_kwargs": {"socket_timeout": timeout, "socket_connect_timeout": timeout},
-        }
-        if sentinel_password:
-            sentinel_options["sentinel_kwargs"]["password"] = sentinel_password
+    # How every client talks to the sentinels themselves: their password, the same timeouts.
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
+    if sentinel_master:  # how kombu and Celery's result backend find the primary
+        sentinel_options = {"master_name": sentinel_master, "sentinel_kwargs": sentinel_kwargs}
 
     queue = queue_name("TASK_QUEUE", env.get("TASK_QUEUE") or "celery")
     transport = {
@@ -263,6 +279,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "REDIS_TIMEOUT": timeout,
         "REDIS_SENTINEL_MASTER": sentinel_master,
         "REDIS_SENTINEL_PASSWORD": sentinel_password,
+        "REDIS_SENTINEL_KWARGS": sentinel_kwargs,
         "REDIS_MIN_REPLICAS": min_replicas,
         "REDIS_REPLICA_WAIT": replica_wait,
         "REDIS_MAX_CONNECTIONS": _int(env, "REDIS_MAX_CONNECTIONS", 100, low=2),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis
 from flask import current_app
@@ -19,7 +18,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+import config
+
+SCHEMES = config.REDIS_SCHEMES
+sentinels = config.sentinels
 
 
 class Store(redis.Redis):
@@ -45,24 +47,6 @@ class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool)
     """
 
 
-def sentinels(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """The sentinels' addresses in a ``sentinel://`` URL, and the primary's db and password."""
-    addresses, params = [], {}
-    for part in url.split(";"):
-        found = urlsplit(part.strip())
-        if found.scheme != "sentinel" or not found.hostname:
-            raise ValueError(f"not a sentinel://host:port address: {part.strip()!r}")
-        addresses.append((found.hostname, found.port or 26379))
-        if found.password and "password" not in params:
-            params["password"] = unquote(found.password)
-            if found.username:
-                params["username"] = unquote(found.username)
-        db = found.path.strip("/")
-        if db:
-            params["db"] = int(db)
-    return addresses, params
-
-
 def connect(url: str, settings: Mapping[str, Any], max_connections: int = 100) -> Store:
     """A client that gives up within ``REDIS_TIMEOUT`` and retries a broken connection once.
 
@@ -83,7 +67,7 @@ def connect(url: str, settings: Mapping[str, Any], max_connections: int = 100) -
     }
     if url.startswith("sentinel://"):
         addresses, params = sentinels(url)
-        manager = Sentinel(addresses, sentinel_kwargs=sentinel_options(settings))
+        manager = Sentinel(addresses, sentinel_kwargs=settings["REDIS_SENTINEL_KWARGS"])
         pool: redis.ConnectionPool = BlockingSentinelPool(
             settings["REDIS_SENTINEL_MASTER"], manager, **options, **params
         )
@@ -93,15 +77,6 @@ def connect(url: str, settings: Mapping[str, Any], max_connections: int = 100) -
     client.min_replicas = int(settings.get("REDIS_MIN_REPLICAS", 0))
     client.replica_wait = float(settings.get("REDIS_REPLICA_WAIT", 0.0))
     return client
-
-
-def sentinel_options(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """How to talk to the sentinels themselves (their password, the same timeouts)."""
-    timeout = float(settings["REDIS_TIMEOUT"])
-    found: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    if settings.get("REDIS_SENTINEL_PASSWORD"):
-        found["password"] = settings["REDIS_SENTINEL_PASSWORD"]
-    return found
 
 
 def client() -> Store:

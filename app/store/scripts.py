@@ -55,26 +55,35 @@ class Script:
             return client.eval(self.text, len(keys), *keys, *args)  # also caches it in Redis
 
     def _then_wait(self, client: redis.Redis, replicas: int, keys: list[str], args: Any) -> Any:
-        wait_ms = max(1, int(float(getattr(client, "replica_wait", 0.5)) * 1000))
-        for command in ("EVALSHA", "EVAL"):
+        for command, code in (("EVALSHA", self.sha), ("EVAL", self.text)):
             pipe = client.pipeline(transaction=False)
-            code = self.sha if command == "EVALSHA" else self.text
             pipe.execute_command(command, code, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", replicas, wait_ms)
-            answer, confirmed = pipe.execute(raise_on_error=False)
-            if isinstance(answer, redis.exceptions.NoScriptError):
-                continue  # nothing ran; again with the text, which also caches it
-            if isinstance(answer, Exception):
-                raise answer
-            if isinstance(confirmed, Exception):
-                raise confirmed
-            if int(confirmed) < replicas:
-                raise ReplicasBehind(
-                    f"{confirmed} of the {replicas} replicas asked for confirmed the write "
-                    f"within {wait_ms} ms"
-                )
-            return answer
+            answer = _waited(client, replicas, pipe)
+            if not isinstance(answer, redis.exceptions.NoScriptError):
+                return answer
+            # nothing ran; again with the text, which also caches it
         raise redis.exceptions.NoScriptError(f"script {self.name} could not be loaded")
+
+
+def _waited(client: redis.Redis, replicas: int, pipe: Any) -> Any:
+    """Send ``pipe`` with ``WAIT replicas`` after it; its first answer, or ReplicasBehind.
+
+    A NOSCRIPT answer is returned (as the error), not raised: nothing ran.
+    """
+    wait_ms = max(1, int(float(getattr(client, "replica_wait", 0.5)) * 1000))
+    pipe.execute_command("WAIT", replicas, wait_ms)
+    answer, confirmed = pipe.execute(raise_on_error=False)
+    if isinstance(answer, redis.exceptions.NoScriptError):
+        return answer
+    for failed in (answer, confirmed):
+        if isinstance(failed, Exception):
+            raise failed
+    if int(confirmed) < replicas:
+        raise ReplicasBehind(
+            f"{confirmed} of the {replicas} replicas asked for confirmed the write "
+            f"within {wait_ms} ms"
+        )
+    return answer
 
 
 def confirm(client: redis.Redis) -> None:
@@ -84,15 +93,10 @@ def confirm(client: redis.Redis) -> None:
     comes after theirs in the replication stream, so replicas that hold it hold them.
     """
     replicas = getattr(client, "min_replicas", 0)
-    if not replicas:
-        return
-    wait_ms = max(1, int(float(getattr(client, "replica_wait", 0.5)) * 1000))
-    pipe = client.pipeline(transaction=False)
-    pipe.set(names.REPLICATION_MARK, "1", px=60_000)
-    pipe.execute_command("WAIT", replicas, wait_ms)
-    _, confirmed = pipe.execute()
-    if int(confirmed) < replicas:
-        raise ReplicasBehind(f"{confirmed} of the {replicas} replicas asked for confirmed")
+    if replicas:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(names.REPLICATION_MARK, "1", px=60_000)
+        _waited(client, replicas, pipe)
 
 
 CREATE = Script("create", acknowledged=True)

@@ -98,7 +98,7 @@ def celery_init_app(app: Flask) -> Celery:
         conf.redbeat_redis_options.update(
             sentinels=addresses,
             service_name=app.config["REDIS_SENTINEL_MASTER"],
-            sentinel_kwargs=store.sentinel_options(app.config),
+            sentinel_kwargs=app.config["REDIS_SENTINEL_KWARGS"],
             **params,
         )
     celery_app.steps["worker"].add(Lease)

@@ -32,7 +32,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 from app.store import keys, scripts
 
@@ -152,7 +152,6 @@ class Taking:
             try:
                 reply = self.client.parse_response(self.client.connection, self._sent, **options)
             except redis.exceptions.NoScriptError:
-                self._in_poll = None
                 self.client.script_load(scripts.TAKE.text)
                 raise Empty() from None
             except self.connection_errors:
@@ -174,13 +173,21 @@ class Taking:
             self._flush_brpop_reauth()
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        # kombu's push, and the queue's ready marker set in the same round trip.
         batch = kwargs.get("_publish_batch")
-        super()._put(queue, message, **kwargs)  # type: ignore[misc]
         marker = keys.ready(queue)
+        if batch is None and not (self._expires and queue in self._expires):
+            pri = self._get_message_priority(message, reverse=False)
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.lpush(self._q_for_pri(queue, pri), dumps(message))
+                pipe.zadd(marker, {"ready": 0}).expire(marker, READY_SECONDS).execute()
+            return
+        super()._put(queue, message, **kwargs)  # type: ignore[misc]
         if batch is not None:
             batch.add("zadd", marker, {"ready": 0})
             batch.add("expire", marker, READY_SECONDS)
-        else:
+        else:  # a queue with an expiry (a reply queue): kombu's pipeline, then the marker
             with self.conn_or_acquire() as client:
                 client.pipeline(transaction=False).zadd(marker, {"ready": 0}).expire(
                     marker, READY_SECONDS

@@ -51,14 +51,8 @@ if t[1] * 1000000 + t[2] > tonumber(ARGV[1]) then return {'late'} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists'} end
 
 local steps = (#KEYS - 6) / 3
-if rate_spent(KEYS[1], ARGV[2], ARGV[3]) then return {'rate', rate.used, rate.reset} end
-
-local made = made_by_key(KEYS[6], ARGV[12], ARGV[14])
-if made == 'conflict' then return {'conflict'} end
-if made then
-  count()
-  return {'existing', rate.used, rate.reset, made}
-end
+local refused = refusal(KEYS[1], ARGV[2], ARGV[3], KEYS[6], ARGV[12], ARGV[14])
+if refused then return refused end
 if KEYS[2] ~= '' then
   local held = redis.call('ZCARD', KEYS[2])
   if held + steps > tonumber(ARGV[4]) then return {'inflight', held} end

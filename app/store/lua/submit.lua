@@ -50,14 +50,8 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   return {'ok', tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
 end
 
-if rate_spent(KEYS[1], ARGV[2], ARGV[3]) then return {'rate', rate.used, rate.reset} end
-
-local made = made_by_key(KEYS[3], ARGV[5], ARGV[7])
-if made == 'conflict' then return {'conflict'} end
-if made then
-  count()
-  return {'existing', rate.used, rate.reset, made}
-end
+local refused = refusal(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[5], ARGV[7])
+if refused then return refused end
 
 if KEYS[5] ~= '' then
   local again = redis.call('HGET', KEYS[5], 'retried_by')

@@ -10,6 +10,9 @@
   made_by_key(key, fingerprint, prefix): what the Idempotency-Key `key` ('':
     none) already made: nil (nothing, or what it made is gone), 'conflict'
     (another request's key), or the id it made (which exists under `prefix`).
+  refusal(rate_key, limit, seconds, key, fingerprint, prefix): both checks, in
+    that order: the script's answer when one of them ends the request ('rate',
+    'conflict', or 'existing' counted in the window), else nil.
 ]]
 local rate = {used = 0, reset = -1}
 
@@ -37,4 +40,15 @@ local function made_by_key(key, fingerprint, prefix)
   if redis.call('EXISTS', prefix .. id) == 0 then return nil end
   if fp ~= fingerprint then return 'conflict' end
   return id
+end
+
+local function refusal(rate_key, limit, seconds, key, fingerprint, prefix)
+  if rate_spent(rate_key, limit, seconds) then return {'rate', rate.used, rate.reset} end
+  local made = made_by_key(key, fingerprint, prefix)
+  if made == 'conflict' then return {'conflict'} end
+  if made then
+    count()
+    return {'existing', rate.used, rate.reset, made}
+  end
+  return nil
 end
