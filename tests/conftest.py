@@ -22,6 +22,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def unread_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of the test module's own that no worker reads: its keys change only by the
+    module's tests (for tests that compare keys before and after, or queue what must not run)."""
+    server = RedisServer(tmp_path_factory.mktemp("unread"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def app(redis_server: RedisServer) -> Flask:
     return make_app(redis_server.url)

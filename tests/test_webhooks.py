@@ -143,20 +143,9 @@ def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> boo
 
 
 @pytest.fixture(scope="module")
-def quiet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis of this module's own that no worker reads: nothing queued here is ever sent."""
-    server = RedisServer(tmp_path_factory.mktemp("webhooks-redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def strict(quiet_redis: RedisServer) -> FlaskClient:
+def strict(unread_redis: RedisServer) -> FlaskClient:
     """Production's rules: no private addresses, any public host (none is ever called here)."""
-    return make_app(quiet_redis.url, WEBHOOK_ALLOWED_HOSTS="").test_client()
+    return make_app(unread_redis.url, WEBHOOK_ALLOWED_HOSTS="").test_client()
 
 
 LONG = "http://example.com/" + "a" * 2048
@@ -230,9 +219,9 @@ def test_a_public_callback_url_is_kept_and_shown(strict: FlaskClient) -> None:
     assert without["callback"] is None
 
 
-def test_allow_private_and_allowed_hosts(quiet_redis: RedisServer) -> None:
+def test_allow_private_and_allowed_hosts(unread_redis: RedisServer) -> None:
     loopback = {**ECHO, "callback_url": "http://127.0.0.1:9/hook"}
-    allowing = make_app(quiet_redis.url, WEBHOOK_ALLOW_PRIVATE="true").test_client()
+    allowing = make_app(unread_redis.url, WEBHOOK_ALLOW_PRIVATE="true").test_client()
     assert allowing.post(TASKS, json=loopback).status_code == 202
     # The tests' own setting: only loopback names may be called.
     elsewhere = {**ECHO, "callback_url": "https://hooks.example.com/"}
@@ -323,67 +312,67 @@ def queued_deliveries(server: RedisServer) -> list[list[Any]]:
 
 
 def test_a_final_state_stored_twice_queues_one_delivery(
-    strict: FlaskClient, quiet_redis: RedisServer
+    strict: FlaskClient, unread_redis: RedisServer
 ) -> None:
     body = {**ECHO, "callback_url": "https://c.example.com/", "options": {"countdown": 600}}
     task = strict.post(TASKS, json=body).json
-    before = queued_deliveries(quiet_redis)
+    before = queued_deliveries(unread_redis)
     assert strict.delete(task["links"]["self"]).status_code == 202
     # The worker that meets the cancelled message at its ETA stores REVOKED again.
     backend = strict.application.extensions["celery"].backend
     backend.mark_as_revoked(task["id"], "cancelled")
     backend.mark_as_revoked(task["id"], "cancelled")
-    new = [args for args in queued_deliveries(quiet_redis) if args not in before]
+    new = [args for args in queued_deliveries(unread_redis) if args not in before]
     assert new == [[task["id"], 0]]
 
 
 def test_a_redelivered_final_task_queues_its_webhook_again_until_it_started(
-    strict: FlaskClient, quiet_redis: RedisServer
+    strict: FlaskClient, unread_redis: RedisServer
 ) -> None:
     # A worker that died between storing the final state and queueing the webhook.
     task = strict.post(TASKS, json={**ECHO, "callback_url": "https://e.example.com/"}).json
     app = strict.application
     with app.app_context():
-        before = queued_deliveries(quiet_redis)
+        before = queued_deliveries(unread_redis)
         queue_if_waiting(app.extensions["celery"], task["id"])
-        assert [a for a in queued_deliveries(quiet_redis) if a not in before] == [[task["id"], 0]]
-        delivery_store.start_attempt(quiet_redis.client(), task["id"], 0, 10_000)
+        assert [a for a in queued_deliveries(unread_redis) if a not in before] == [[task["id"], 0]]
+        delivery_store.start_attempt(unread_redis.client(), task["id"], 0, 10_000)
         queue_if_waiting(app.extensions["celery"], task["id"])
-        assert len(queued_deliveries(quiet_redis)) == len(before) + 1
+        assert len(queued_deliveries(unread_redis)) == len(before) + 1
 
 
 def test_a_workflow_closed_by_a_cancel_queues_one_delivery(
-    strict: FlaskClient, quiet_redis: RedisServer
+    strict: FlaskClient, unread_redis: RedisServer
 ) -> None:
     body = {**LATER_CHAIN, "callback_url": "https://w.example.com/"}
     workflow = strict.post(WORKFLOWS, json=body).json
-    before = queued_deliveries(quiet_redis)
+    before = queued_deliveries(unread_redis)
     assert strict.delete(workflow["links"]["self"]).status_code == 202
     # The worker that meets the cancelled first step at its ETA stores REVOKED again.
     backend = strict.application.extensions["celery"].backend
     for task in workflow["tasks"]:
         backend.mark_as_revoked(task["id"], "cancelled")
-    new = [args for args in queued_deliveries(quiet_redis) if args not in before]
+    new = [args for args in queued_deliveries(unread_redis) if args not in before]
     assert new == [[workflow["id"], 0, "workflow"]]
     # A redelivered step of the closed workflow queues it again until an attempt started.
     app = strict.application
     with app.app_context():
         queue_if_waiting(app.extensions["celery"], workflow["tasks"][0]["id"])
-        assert len(queued_deliveries(quiet_redis)) == len(before) + 2
-        client = quiet_redis.client()
+        assert len(queued_deliveries(unread_redis)) == len(before) + 2
+        client = unread_redis.client()
         assert delivery_store.start_attempt(client, workflow["id"], 0, 10_000, "workflow") == 1
         assert delivery_store.start_attempt(client, workflow["id"], 0, 10_000, "workflow") == 0
         queue_if_waiting(app.extensions["celery"], workflow["tasks"][0]["id"])
-        assert len(queued_deliveries(quiet_redis)) == len(before) + 2
+        assert len(queued_deliveries(unread_redis)) == len(before) + 2
     callback = strict.get(workflow["links"]["self"]).json["callback"]
     assert callback["state"] == "delivering" and callback["attempts"] == 1
 
 
 def test_one_attempt_at_a_time_and_never_twice(
-    strict: FlaskClient, quiet_redis: RedisServer
+    strict: FlaskClient, unread_redis: RedisServer
 ) -> None:
     task = strict.post(TASKS, json={**ECHO, "callback_url": "https://d.example.com/"}).json
-    client, task_id = quiet_redis.client(), task["id"]
+    client, task_id = unread_redis.client(), task["id"]
     assert delivery_store.start_attempt(client, task_id, 0, 10_000) == 1
     assert delivery_store.start_attempt(client, task_id, 0, 10_000) == 0  # held
     delivery_store.finish(client, task_id, "pending", 500, "the receiver answered 500")

@@ -64,20 +64,8 @@ def small(redis_server: RedisServer) -> Flask:
 
 
 @pytest.fixture(scope="module")
-def unread_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis of its own that no worker reads: its keys change only by the test (for the
-    tests that compare every key before and after)."""
-    server = RedisServer(tmp_path_factory.mktemp("unread"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def unread(unread_server: RedisServer) -> FlaskClient:
-    return make_app(unread_server.url).test_client()
+def unread(unread_redis: RedisServer) -> FlaskClient:
+    return make_app(unread_redis.url).test_client()
 
 
 def test_every_step_error_is_named_with_its_place(unread: FlaskClient) -> None:
@@ -241,11 +229,11 @@ def test_another_keys_workflow_is_404_and_admin_sees_it(secured: Flask) -> None:
     assert client.post(f"{step}/retry", headers=bearer(alice)).status_code == 409
 
 
-def test_a_failed_publish_leaves_nothing(unread_server: RedisServer) -> None:
+def test_a_failed_publish_leaves_nothing(unread_redis: RedisServer) -> None:
     # The broker is a Redis nobody listens on: the records are written, the publish
     # fails, and the records are taken back.
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    app = make_app(unread_server.url, CELERY_BROKER_URL=dead, REDIS_TIMEOUT="0.3")
+    app = make_app(unread_redis.url, CELERY_BROKER_URL=dead, REDIS_TIMEOUT="0.3")
     store = app.extensions["errand.redis"]
     before = stored_keys(store)
     started = time.monotonic()
