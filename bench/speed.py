@@ -60,7 +60,8 @@ def ensure_wrk() -> str:
     if found:
         return found
     print("installing wrk with apt-get ...", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    # Its output on stderr: stdout is the JSON report.
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=sys.stderr)
     return shutil.which("wrk") or sys.exit("wrk could not be installed")
 
 
