@@ -85,24 +85,25 @@ class FastPath:
         start_response: StartResponse,
     ) -> Iterable[bytes] | None:
         """The answer of ``handler``, or None when Flask is to answer instead."""
-        with self.app.app_context():  # what the views use: config, the services, g
-            g.started = time.perf_counter()
-            g.request_id = request_id_of(environ.get("HTTP_X_REQUEST_ID", ""))
+        with self.app.app_context() as context:  # what the views use: config, the services, g
+            state = context.g  # the object behind ``g``, without its proxy at each use
+            state.started = time.perf_counter()
+            state.request_id = request_id_of(environ.get("HTTP_X_REQUEST_ID", ""))
             try:
                 status, body, headers = handler(environ)
             except FallThrough:
                 return None
             except Exception as error:  # answered as Flask answers a view's
                 return self._error(error, environ, start_response)
-            rate = g.get("rate")
+            rate = state.get("rate")
             if rate is not None:
                 headers += rate_limit_headers(*rate)
             headers += API_HEADERS
-            headers.append(("X-Request-ID", g.request_id))
+            headers.append(("X-Request-ID", state.request_id))
             code = int(status[:3])
-            observe_request(environ["REQUEST_METHOD"], route, code, g.started)
+            observe_request(environ["REQUEST_METHOD"], route, code, state.started)
             if route == self.submit_route:
-                count_submit(g.get("task_type", "unknown"), code)
+                count_submit(state.get("task_type", "unknown"), code)
         start_response(status, headers)
         return [body]
 
