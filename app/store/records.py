@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 
 from app.clock import isotime
@@ -60,7 +61,7 @@ def unreserve(client: redis.Redis, owner: str, task_id: str) -> None:
 
 def schedule_fields(created: float, options: dict[str, Any]) -> dict[str, str]:
     """The record fields of a submit's options: the options themselves, and a countdown's ETA."""
-    fields = {"options": json.dumps(options, separators=(",", ":"))}
+    fields = {"options": orjson.dumps(options).decode()}
     if options.get("countdown"):
         fields["eta"] = isotime(created + options["countdown"])
     return fields

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from hiredis import pack_command  # redis-py's own packer with hiredis, without its checks
 
 from app.store import keys as names
 
@@ -79,11 +80,12 @@ def call(client: redis.Redis, *command: Any) -> Any:
     Redis answered it. A Sentinel pool's connection still turns ``READONLY`` into
     a ConnectionError, so the second try goes to the primary named now.
     """
+    packed = [pack_command(command)]
     pool = client.connection_pool
     for attempt in (1, 2):
         connection = pool.get_connection()
         try:
-            connection.send_command(*command)
+            connection.send_packed_command(packed)
             return connection.read_response()
         except RETRIED:
             connection.disconnect()
