@@ -41,7 +41,7 @@ def test_a_checkout_past_the_cap_waits_then_fails_within_the_timeout(
     started = time.monotonic()
     with pytest.raises(redis.ConnectionError, match="No connection available"):
         scripts.call(client, "PING")
-    assert 0.4 < time.monotonic() - started < 2
+    assert 0.4 < time.monotonic() - started < 0.9  # one REDIS_TIMEOUT, not one per try
     client.connection_pool.release(held)
     assert scripts.call(client, "PING") == b"PONG"  # the place came back
 

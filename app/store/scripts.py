@@ -74,26 +74,26 @@ def call(client: redis.Redis, *command: Any) -> Any:
 
     What ``client.execute_command`` does for a command with no response callback
     (EVALSHA), without its per-call layers (retry object, observability hooks,
-    argument checks: a fifth of a status read's CPU, bench/speed.py): a broken
-    connection is dropped and the command tried once more on another (as
-    ``app.store.connect``'s ``Retry(NoBackoff(), 1)``), any other error raised as
-    Redis answered it. A Sentinel pool's connection still turns ``READONLY`` into
-    a ConnectionError, so the second try goes to the primary named now.
+    argument checks: a fifth of a status read's CPU, in process): a connection that
+    breaks is connected again and the command sent once more (as ``connect``'s
+    ``Retry(NoBackoff(), 1)``), any other error raised as Redis answered it. A
+    Sentinel pool's connection turns ``READONLY`` into a ConnectionError, and
+    connects again to the primary named now. Waiting for a free connection and
+    connecting it are bounded by the pool's own timeout, once.
     """
     packed = [pack_command(command)]
     pool = client.connection_pool
-    for attempt in (1, 2):
-        connection = pool.get_connection()
+    connection = pool.get_connection()
+    try:
         try:
             connection.send_packed_command(packed)
             return connection.read_response()
         except RETRIED:
             connection.disconnect()
-            if attempt == 2:
-                raise
-        finally:
-            pool.release(connection)
-    raise AssertionError("unreachable")  # pragma: no cover
+            connection.send_packed_command(packed)  # connects anew
+            return connection.read_response()
+    finally:
+        pool.release(connection)
 
 
 def _waited(client: redis.Redis, replicas: int, pipe: Any) -> Any:
