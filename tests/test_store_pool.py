@@ -33,6 +33,19 @@ def test_a_connection_with_an_unread_answer_is_never_handed_out(redis_server: Re
     assert scripts.call(client, "GET", "pool-test") == b"right"
 
 
+def test_a_script_calls_word_holds_for_its_own_use_only(redis_server: RedisServer) -> None:
+    """``scripts.call`` says it read every answer; the next user of that connection may not."""
+    client = connect(redis_server.url, SETTINGS, max_connections=1)
+    client.set("pool-test", "right")
+    assert scripts.call(client, "PING") == b"PONG"  # its connection goes back unpolled
+    connection = client.connection_pool.get_connection()
+    connection.send_command("PING")  # a redis-py user that never reads its answer
+    time.sleep(0.05)
+    client.connection_pool.release(connection)
+    assert scripts.call(client, "GET", "pool-test") == b"right"
+    assert client.get("pool-test") == b"right"
+
+
 def test_a_checkout_past_the_cap_waits_then_fails_within_the_timeout(
     redis_server: RedisServer,
 ) -> None:

@@ -44,6 +44,8 @@ FIELDS = (
 
 Found = tuple[dict[str, str], dict[str, Any] | None]
 
+STATUS = scripts.Script("status", lists={"FIELDS": FIELDS})
+
 
 def reserve(client: redis.Redis, owner: str, task_id: str, deadline_us: int, cap: int) -> bool:
     """Take a place among the owner's tasks in flight; False when all ``cap`` are taken."""
@@ -186,7 +188,7 @@ def status(
     """
     names = [quota.key if quota else "", keys.record(task_id), keys.result(task_id)]
     amount, window = (quota.amount, quota.window) if quota else (0, 0)
-    answer = scripts.STATUS(client, names, amount, window, viewer, *FIELDS)
+    answer = STATUS(client, names, amount, window, viewer)
     verdict = answer[0]
     usage = None
     if quota is not None:
@@ -194,8 +196,7 @@ def status(
     if verdict != b"ok":
         return None, usage
     raw_meta = answer[3]
-    record = {k: v.decode() for k, v in zip(FIELDS, answer[4:], strict=False) if v is not None}
-    return (record, json.loads(raw_meta) if raw_meta else None), usage
+    return (orjson.loads(answer[4]), json.loads(raw_meta) if raw_meta else None), usage
 
 
 def claim_key(

@@ -9,21 +9,33 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import redis
 from hiredis import pack_command  # redis-py's own packer with hiredis, without its checks
 
+from app.store import READ_ALL
 from app.store import keys as names
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
+_LIST = re.compile(r"^--- @list ([A-Z_]+)$", re.MULTILINE)
+_WORD = re.compile(r"[a-z_]+")
 
 
 def _source(path: str) -> str:
     """A script's text, with each ``--- @include "name"`` line replaced by ``includes/name.lua``."""
     text = resources.files(__package__).joinpath(path).read_text()
     return _INCLUDE.sub(lambda found: _source(f"lua/includes/{found[1]}.lua"), text)
+
+
+def _lua_list(name: str, lists: Mapping[str, Sequence[str]]) -> str:
+    """``--- @list NAME``: a Lua table of the words Python gives as ``NAME``, sent once."""
+    words = lists[name]
+    if not all(_WORD.fullmatch(word) for word in words):
+        raise ValueError(f"{name}: only lower-case words go into a script's text")
+    return f"local {name} = {{{', '.join(repr(word) for word in words)}}}"
 
 
 class ReplicasBehind(redis.RedisError):
@@ -40,10 +52,16 @@ class Script:
     raises ``ReplicasBehind`` (the API's 503), its writes left on the primary.
     """
 
-    def __init__(self, name: str, acknowledged: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        acknowledged: bool = False,
+        lists: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.name = name
         self.acknowledged = acknowledged
-        self.text = _source(f"lua/{name}.lua")
+        text = _source(f"lua/{name}.lua")
+        self.text = _LIST.sub(lambda found: _lua_list(found[1], lists or {}), text)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: list[str], *args: Any) -> Any:
@@ -87,11 +105,13 @@ def call(client: redis.Redis, *command: Any) -> Any:
     try:
         try:
             connection.send_packed_command(packed)
-            return connection.read_response()
+            answer = connection.read_response()
         except RETRIED:
             connection.disconnect()
             connection.send_packed_command(packed)  # connects anew
-            return connection.read_response()
+            answer = connection.read_response()
+        setattr(connection, READ_ALL, True)  # its next user need not poll it
+        return answer
     finally:
         pool.release(connection)
 
@@ -138,7 +158,6 @@ RELEASE = Script("release")
 REVOKE = Script("revoke", acknowledged=True)
 STORE_RESULT = Script("store_result")
 SUBMIT = Script("submit", acknowledged=True)
-STATUS = Script("status")
 TAKE = Script("take")
 HIT = Script("hit")
 OPEN_STREAM = Script("open_stream")

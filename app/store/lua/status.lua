@@ -11,13 +11,16 @@
     ARGV[1]    requests the rate window allows (0: no limit)
     ARGV[2]    the window, seconds
     ARGV[3]    the caller's key id, or '' for a caller who may see every task
-    ARGV[4..]  the record fields to return; the first is 'task', the second 'owner'
+
+  FIELDS (below) is app.store.records.FIELDS, put in when the script is loaded:
+  the record fields a status read returns; the first is 'task', the second 'owner'.
 
   Output:
-    {'ok', used, reset, result or false, field values...}
+    {'ok', used, reset, result or false, the fields that are set, as a JSON object}
     {'unknown', used, reset}     no such record, or another owner's
     {'rate', used, reset}        the rate window is spent: nothing read
 ]]
+--- @list FIELDS
 local limit = tonumber(ARGV[1])
 local used, reset = 0, -1
 if limit > 0 then
@@ -27,8 +30,12 @@ if limit > 0 then
   if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
   reset = redis.call('TTL', KEYS[1])
 end
-local values = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
+local values = redis.call('HMGET', KEYS[2], unpack(FIELDS))
 if not values[1] or (ARGV[3] ~= '' and values[2] ~= ARGV[3]) then
   return {'unknown', used, reset}
 end
-return {'ok', used, reset, redis.call('GET', KEYS[3]), unpack(values)}
+local record = {}
+for i, name in ipairs(FIELDS) do
+  if values[i] then record[name] = values[i] end
+end
+return {'ok', used, reset, redis.call('GET', KEYS[3]), cjson.encode(record)}
