@@ -13,6 +13,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.errors import InvalidBody, Unprocessable
+from app.web import tasks
 from tests.support import RedisServer, make_app
 
 JSON = st.recursive(
@@ -111,6 +113,49 @@ def test_any_json_body(quiet: tuple[FlaskClient, Any], body: Any) -> None:
 )
 def test_any_bytes(quiet: tuple[FlaskClient, Any], data: bytes, content_type: str) -> None:
     check(*quiet, data, content_type)
+
+
+def _read_by_the_standard_library(raw: bytes) -> Any:
+    """What ``parse_object`` answered before it read with orjson: its reference."""
+    try:
+        body = json.loads(
+            raw,
+            parse_constant=tasks._reject_constant,
+            parse_float=tasks._finite,
+            parse_int=tasks._integer,
+        )
+    except tasks.NotFinite:
+        return Unprocessable
+    except (ValueError, RecursionError):
+        return InvalidBody
+    return body if isinstance(body, dict) else InvalidBody
+
+
+def _read(raw: bytes) -> Any:
+    try:
+        return tasks.parse_object(raw)
+    except (Unprocessable, InvalidBody) as exc:
+        return type(exc)
+
+
+NUMBERS = st.integers() | st.floats() | st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**30])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    body=st.dictionaries(st.text(max_size=8), JSON | NUMBERS, max_size=4)
+    | st.lists(NUMBERS, max_size=3),
+    spaces=st.sampled_from(["", " ", "\n"]),
+)
+def test_orjson_and_the_standard_library_read_any_json_alike(body: Any, spaces: str) -> None:
+    raw = json.dumps(body, indent=spaces or None).encode()  # NaN and Infinity included
+    assert repr(_read(raw)) == repr(_read_by_the_standard_library(raw))
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.binary(max_size=60) | st.text(max_size=60).map(str.encode))
+def test_orjson_and_the_standard_library_read_any_bytes_alike(raw: bytes) -> None:
+    assert repr(_read(raw)) == repr(_read_by_the_standard_library(raw))
 
 
 def test_the_bodies_reached_both_outcomes() -> None:

@@ -189,7 +189,8 @@ class Jobs:
                 if owner:
                     records.unreserve(self.client, owner, task_id)
             raise error
-        return self._accepted(task_id, task_type, created, retry_of, options, fields), usage
+        shown = self._shown(task_type, created, retry_of, options, fields)
+        return resource(task_id, shown, None), usage
 
     def _submit_in_one_script(
         self,
@@ -218,12 +219,13 @@ class Jobs:
             # A message and its record land together: no record means none is coming.
             {"errand_deadline": 0, "errand_request_id": request_id},
         )
+        shown = self._shown(task_type, created, retry_of, options, fields)
         try:
             done = records.submit(
                 self.client,
                 task_id=task_id,
                 task_name=task_type.name,
-                options=options,
+                shown=shown,
                 created=created,
                 deadline_us=deadline_us,
                 params_json=params_json.decode(),
@@ -236,7 +238,6 @@ class Jobs:
                 idempotency=claim,
                 idempotency_ttl=self.idempotency_ttl,
                 retry_of=retry_of,
-                fields=fields,
             )
         except ReplicasBehind as exc:
             log.warning("submit %s: %s", task_id, exc)
@@ -245,8 +246,7 @@ class Jobs:
             log.warning("submit %s: task store unreachable: %r", task_id, exc)
             raise StoreUnavailable("the task store did not answer in time") from exc
         if done.verdict == "ok":
-            accepted = self._accepted(task_id, task_type, created, retry_of, options, fields)
-            return accepted, done.usage
+            return resource(task_id, shown, None), done.usage
         if done.verdict in {"existing", "retried"}:
             return self.status(principal, done.existing_id), done.usage
         if done.verdict == "conflict":
@@ -258,21 +258,21 @@ class Jobs:
         log.error("submit %s: Redis ran it past the deadline (hung, or clock skew)", task_id)
         raise StoreUnavailable("the task store did not answer in time")
 
-    def _accepted(
+    def _shown(
         self,
-        task_id: str,
         task_type: TaskType,
         created: float,
         retry_of: str | None,
         options: dict[str, Any],
         fields: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, str]:
+        """The new record's fields that its resource shows (a 202's body is built from them)."""
         record = {"task": task_type.name, "created_at": isotime(created), "retries": "0"}
         record.update(records.schedule_fields(created, options))
         record.update(fields or {})
         if retry_of:
             record["retry_of"] = retry_of
-        return resource(task_id, record, None)
+        return record
 
     def _too_many_in_flight(self) -> TooManyInFlight:
         cap = self.in_flight_limit

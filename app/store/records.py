@@ -117,7 +117,7 @@ def submit(
     *,
     task_id: str,
     task_name: str,
-    options: dict[str, Any],
+    shown: Mapping[str, str],
     created: float,
     deadline_us: int,
     params_json: str,
@@ -130,9 +130,12 @@ def submit(
     idempotency: tuple[str, str] | None = None,
     idempotency_ttl: int = 0,
     retry_of: str | None = None,
-    fields: Mapping[str, str] | None = None,
 ) -> Submitted:
-    """Count, claim, record and enqueue a task in one script (``submit.lua``); all or nothing."""
+    """Count, claim, record and enqueue a task in one script (``submit.lua``); all or nothing.
+
+    The record is ``shown`` (the fields its resource shows: task, created_at, retries,
+    options, eta, retry_of, a schedule's or a callback's) with its params and owner.
+    """
     created_us = int(created * 1_000_000)
     names = [
         quota.key if quota else "",
@@ -160,13 +163,8 @@ def submit(
         message,
         keys.BY_STATE_PREFIX,
     ]
-    args += ["task", task_name, "created_at", isotime(created), "created_us", created_us]
-    args += ["retries", 0, "params", params_json, "owner", owner]
-    for field, value in schedule_fields(created, options).items():
-        args += [field, value]
-    if retry_of:
-        args += ["retry_of", retry_of]
-    for field, value in (fields or {}).items():
+    args += ["created_us", created_us, "params", params_json, "owner", owner]
+    for field, value in shown.items():
         args += [field, value]
     answer = scripts.SUBMIT(client, names, *args)
     verdict = answer[0].decode()

@@ -105,8 +105,26 @@ def json_object() -> dict[str, Any]:
     return parse_object(raw)
 
 
+# orjson reads an integer beyond 64 bits as a float; the standard library keeps it, and
+# ``_integer`` refuses it. Such an integer has 19 digits at least.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """A body as a JSON object: 400 and 422 for anything else."""
+    """A body as a JSON object: 400 and 422 for anything else.
+
+    orjson reads it (a tenth of the standard library's time) unless it refuses the
+    body or it could read it otherwise (a long integer): then the standard library
+    reads it, with the checks and error messages below, so both answer alike.
+    """
+    if not _LONG_NUMBER.search(raw):
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the standard library says why
+        else:
+            if isinstance(body, dict):
+                return body
     try:
         body = json.loads(
             raw, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer

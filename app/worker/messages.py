@@ -14,8 +14,8 @@ list of ``9 - p``.
 from __future__ import annotations
 
 import base64
+import secrets
 import socket
-import uuid
 from bisect import bisect
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ import orjson
 PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS
 SEPARATOR = "\x06\x16"  # kombu's Redis Channel.sep
 ORIGIN = f"errand-api@{socket.gethostname()}"
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED = orjson.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
 def redis_priority(priority: int | None) -> int:
@@ -53,7 +53,7 @@ def encode(
     eta = None
     if countdown:
         eta = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
-    body = b"[[" + params_json + b"],{}," + orjson.dumps(_EMBED) + b"]"
+    body = b"[[" + params_json + b"],{}," + _EMBED + b"]"
     message = {
         "body": base64.b64encode(body).decode(),
         "content-encoding": "utf-8",
@@ -88,7 +88,7 @@ def encode(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": redis_priority(priority),
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": secrets.token_hex(16),  # unique, as kombu's uuid4 is
         },
     }
     return orjson.dumps(message)
