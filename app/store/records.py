@@ -194,7 +194,8 @@ def status(
     if verdict != b"ok":
         return None, usage
     raw_meta = answer[3]
-    return (orjson.loads(answer[4]), json.loads(raw_meta) if raw_meta else None), usage
+    record = {k: v.decode() for k, v in zip(FIELDS, answer[4:], strict=True) if v is not None}
+    return (record, json.loads(raw_meta) if raw_meta else None), usage
 
 
 def claim_key(

@@ -16,7 +16,7 @@
   the record fields a status read returns; the first is 'task', the second 'owner'.
 
   Output:
-    {'ok', used, reset, result or false, the fields that are set, as a JSON object}
+    {'ok', used, reset, result or false, the fields' values (false for a field not set)...}
     {'unknown', used, reset}     no such record, or another owner's
     {'rate', used, reset}        the rate window is spent: nothing read
 ]]
@@ -34,8 +34,4 @@ local values = redis.call('HMGET', KEYS[2], unpack(FIELDS))
 if not values[1] or (ARGV[3] ~= '' and values[2] ~= ARGV[3]) then
   return {'unknown', used, reset}
 end
-local record = {}
-for i, name in ipairs(FIELDS) do
-  if values[i] then record[name] = values[i] end
-end
-return {'ok', used, reset, redis.call('GET', KEYS[3]), cjson.encode(record)}
+return {'ok', used, reset, redis.call('GET', KEYS[3]), unpack(values)}
