@@ -149,9 +149,16 @@ def observe_request(method: str, route: str, status: int, started: float) -> Non
     _timer(method, route, status).observe(time.perf_counter() - started)
 
 
+_submit_counters: dict[tuple[str, int], Any] = {}
+
+
 def count_submit(task_type: str, status: int) -> None:
     """Count one answer of ``POST /api/v1/tasks`` by its task type and outcome."""
-    SUBMITS.labels(task_type, _outcome(status)).inc()
+    key = (task_type, status)  # task types are the registry's (or "unknown"): a fixed set
+    counter = _submit_counters.get(key)
+    if counter is None:
+        counter = _submit_counters[key] = SUBMITS.labels(task_type, _outcome(status))
+    counter.inc()
 
 
 def init_app(app: Flask) -> None:

@@ -3,10 +3,10 @@
     .venv/bin/python bench/speed.py [--seconds 5] [--rounds 2] [--connections 16]
                                     [--workers 4] [--worker-class gevent] [--jobs 2000]
 
-Starts a private Redis, four gunicorn servers with the same settings (Errand
+Starts a private Redis, five gunicorn servers with the same settings (Errand
 with API keys, rate limits and the in-flight cap on, with limits set high so
 they are counted and never refuse; the recipe, ``bench/recipe.py``; a bare
-Flask route, ``bench/bare.py``; the floor), and Celery workers; drives the HTTP routes with
+Flask route, ``bench/bare.py``; the two floors), and Celery workers; drives the HTTP routes with
 wrk (installed with apt-get when missing) and prints one JSON report:
 
 - ``http``: requests/s, p50 and p99 of submit and status for each server, the
@@ -14,7 +14,9 @@ wrk (installed with apt-get when missing) and prints one JSON report:
   each taken inside the same round (their median, and each round's); and to
   the floor (``bench/floor.py``: one Redis round trip in a bare WSGI callable,
   no framework), the cost of a round trip being the part of the gap to bare
-  Flask that no Errand code can remove;
+  Flask that no Errand code can remove; and to the scripts' floor
+  (``bench/scripts_floor.py``: Errand's own submit or status script in a bare
+  WSGI callable), what is left being Errand's own Python;
 - ``drain``: jobs per second a worker drains when they were submitted over HTTP
   to Errand, against the same jobs sent with bare ``apply_async`` to a bare
   Celery worker with Errand's delivery settings (``bench/bare_celery.py``);
@@ -191,6 +193,8 @@ def main() -> None:
                         target="bench.bare:app"),
             "floor": Api(errand_env(redis.url, **common), work / "floor.log", args.workers,
                          target="bench.floor:app"),
+            "scripts": Api(errand_env(redis.url, **common), work / "scripts.log", args.workers,
+                           target="bench.scripts_floor:app"),
         }  # fmt: skip
         for api in servers.values():
             stack.enter_context(api)
@@ -224,12 +228,14 @@ def http_rounds(
             "recipe": ("POST", "/add", json.dumps({"a": 1, "b": 2}), plain),
             "bare": ("GET", "/ok", "", {}),
             "floor": ("GET", "/", "", {}),
+            "scripts": ("POST", "/", "", {}),
         },
         "status": {
             "errand": ("GET", task["links"]["self"], "", auth),
             "recipe": ("GET", f"/result/{added['result_id']}", "", {}),
             "bare": ("GET", "/ok", "", {}),
             "floor": ("GET", "/", "", {}),
+            "scripts": ("GET", "/", "", {}),
         },
     }
     rounds: list[dict[str, dict[str, dict[str, float]]]] = []
@@ -255,12 +261,16 @@ def http_rounds(
         result[route]["errand_vs_bare"] = _median_ratio(rounds, route, "bare")
         # One Redis round trip in a bare WSGI callable: what Errand's own work is measured from.
         result[route]["errand_vs_floor"] = _median_ratio(rounds, route, "floor")
-        result[route]["floor_vs_bare"] = round(
-            statistics.median(r[route]["floor"]["rps"] / r[route]["bare"]["rps"] for r in rounds), 3
-        )
+        # The same, with Errand's own script in place of the GET: what no Python can remove.
+        result[route]["errand_vs_scripts_floor"] = _median_ratio(rounds, route, "scripts")
+        for floor in ("floor", "scripts"):
+            result[route][f"{floor}_vs_bare"] = round(
+                statistics.median(r[route][floor]["rps"] / r[route]["bare"]["rps"] for r in rounds),
+                3,
+            )
         result[route]["per_round"] = [  # the spread says how noisy the machine was
             {other: round(r[route]["errand"]["rps"] / r[route][other]["rps"], 3)
-             for other in ("recipe", "bare", "floor")}
+             for other in ("recipe", "bare", "floor", "scripts")}
             for r in rounds
         ]  # fmt: skip
     return result

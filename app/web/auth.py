@@ -50,31 +50,48 @@ _cache: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
 
 def _lookup(key_id: str) -> dict[str, str]:
     """A key's record, cached for ``KEY_CACHE_SECONDS`` so reads stay one round trip."""
+    return _cached(key_id)[1]
+
+
+def _cached(key_id: str) -> tuple[float, dict[str, str]]:
+    """A key's record and when it was read from Redis (``time.monotonic()``)."""
     now = time.monotonic()
     cached = _cache.get(key_id)
     if cached and now - cached[0] < current_app.config["KEY_CACHE_SECONDS"]:
         _cache.move_to_end(key_id)
-        return cached[1]
-    record = apikeys.lookup(store.client(), key_id)
-    _cache[key_id] = (now, record)
+        return cached
+    cached = _cache[key_id] = (now, apikeys.lookup(store.client(), key_id))
     _cache.move_to_end(key_id)
     while len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
-    return record
+    return cached
+
+
+# Keys that verified, by the key as presented, with their record's read time: a key
+# presented again while its record is cached is not hashed again. Expired with the
+# record (a revoke is seen as soon), CACHE_SIZE at most; a wrong key is never kept.
+_verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
 
 def verify(key: str) -> Principal | None:
     """The principal a presented key stands for, or None for a wrong or revoked key."""
+    known = _verified.get(key)
+    if known and time.monotonic() - known[0] < current_app.config["KEY_CACHE_SECONDS"]:
+        return known[1]
     key_id = apikeys.key_id_of(key)
     if key_id is None:
         return None
-    record = _lookup(key_id)
+    read_at, record = _cached(key_id)
     stored = record.get("hash", "")
     if not stored or not hmac.compare_digest(apikeys.digest(key), stored):
         return None
     if record.get("revoked_at"):
         return None
-    return Principal(key_id, record.get("name", ""), record.get("admin") == "1")
+    principal = Principal(key_id, record.get("name", ""), record.get("admin") == "1")
+    _verified[key] = (read_at, principal)
+    while len(_verified) > CACHE_SIZE:
+        _verified.popitem(last=False)
+    return principal
 
 
 def bearer(header: str) -> str | None:

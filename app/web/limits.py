@@ -13,6 +13,7 @@ a 429 also ``Retry-After``. The cap on tasks in flight is in ``app.jobs``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from flask import Response, current_app, g, request
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 COUNTED_IN_SCRIPT = {"tasks.submit", "tasks.status", "workflows.create"}
 SETTINGS = {"submit": "RATE_LIMIT_SUBMIT", "read": "RATE_LIMIT_READ"}
+# Quotas made, by window name, owner and setting: the same for every request of an owner.
+QUOTA_CACHE_SIZE = 4096
+_quotas: dict[tuple[str, str, Any], Quota] = {}
 
 
 def quota(name: str, remote_addr: str | None = None) -> Quota | None:
@@ -40,7 +44,13 @@ def quota(name: str, remote_addr: str | None = None) -> Quota | None:
     if setting is None or principal is None:
         return None
     owner = principal.key_id or f"ip:{request.remote_addr if remote_addr is None else remote_addr}"
-    return Quota(name, f"{keys.LIMITS_PREFIX}:{name}:{owner}", setting[0], setting[1])
+    found = _quotas.get((name, owner, setting))
+    if found is None:
+        if len(_quotas) >= QUOTA_CACHE_SIZE:  # owners may be client addresses: bounded
+            _quotas.clear()
+        found = Quota(name, f"{keys.LIMITS_PREFIX}:{name}:{owner}", setting[0], setting[1])
+        _quotas[(name, owner, setting)] = found
+    return found
 
 
 def spent(limit: Quota, usage: Usage | None) -> None:
