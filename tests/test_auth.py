@@ -328,3 +328,19 @@ def test_workers_accept_json_only(app: Flask, worker: Worker) -> None:
     wait_for(lambda: b"untrusted content" in worker.log.read_bytes()[offset:], 20)
     store = app.extensions["errand.redis"]
     assert store.get(f"test:runs:{result.id}") is None
+
+
+def test_a_revoked_key_is_refused_once_its_cached_record_expires(
+    redis_server: RedisServer,
+) -> None:
+    """A key that verified is not hashed again, but for no longer than its record is cached."""
+    app = make_app(redis_server.url, AUTH_DISABLED="false", KEY_CACHE_SECONDS="1")
+    store, client = app.extensions["errand.redis"], app.test_client()
+    key = create_key(store, "soon-gone")
+    path = f"/api/v1/tasks/{uuid.uuid4()}"
+    assert client.get(path, headers=bearer(key)).status_code == 404  # known: verified, cached
+    revoke_key(store, key.split("_", 2)[1])
+    # Until the record read at the first request is a second old, the cache answers.
+    wait_for(lambda: client.get(path, headers=bearer(key)).status_code == 401, timeout=1.6)
+    wrong = key[:-4] + ("aaaa" if not key.endswith("aaaa") else "bbbb")
+    assert client.get(path, headers=bearer(wrong)).status_code == 401
