@@ -50,17 +50,17 @@ _cache: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
 
 def _lookup(key_id: str) -> dict[str, str]:
     """A key's record, cached for ``KEY_CACHE_SECONDS`` so reads stay one round trip."""
-    return _cached(key_id)[1]
+    return _cached(key_id, store.client(), current_app.config["KEY_CACHE_SECONDS"])[1]
 
 
-def _cached(key_id: str) -> tuple[float, dict[str, str]]:
+def _cached(key_id: str, client: redis.Redis, cache_seconds: float) -> tuple[float, dict[str, str]]:
     """A key's record and when it was read from Redis (``time.monotonic()``)."""
     now = time.monotonic()
     cached = _cache.get(key_id)
-    if cached and now - cached[0] < current_app.config["KEY_CACHE_SECONDS"]:
+    if cached and now - cached[0] < cache_seconds:
         _cache.move_to_end(key_id)
         return cached
-    cached = _cache[key_id] = (now, apikeys.lookup(store.client(), key_id))
+    cached = _cache[key_id] = (now, apikeys.lookup(client, key_id))
     _cache.move_to_end(key_id)
     while len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
@@ -75,13 +75,18 @@ _verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
 def verify(key: str) -> Principal | None:
     """The principal a presented key stands for, or None for a wrong or revoked key."""
+    return check(key, store.client(), current_app.config["KEY_CACHE_SECONDS"])
+
+
+def check(key: str, client: redis.Redis, cache_seconds: float) -> Principal | None:
+    """``verify`` with the store and the cache's lifetime given: no Flask context needed."""
     known = _verified.get(key)
-    if known and time.monotonic() - known[0] < current_app.config["KEY_CACHE_SECONDS"]:
+    if known and time.monotonic() - known[0] < cache_seconds:
         return known[1]
     key_id = apikeys.key_id_of(key)
     if key_id is None:
         return None
-    read_at, record = _cached(key_id)
+    read_at, record = _cached(key_id, client, cache_seconds)
     stored = record.get("hash", "")
     if not stored or not hmac.compare_digest(apikeys.digest(key), stored):
         return None

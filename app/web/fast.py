@@ -7,7 +7,10 @@ for a submit a JSON body (``Content-Type: application/json``,
 a ``Content-Length`` up to 64 KiB) with no ``callback_url``. It calls what the
 views call (``app.web.tasks``, ``app.web.auth``, ``app.web.limits``, hence
 ``Jobs`` and its scripts) and builds the answer once, with the headers and
-metrics of Flask's hooks (``app.web``, ``app.metrics``).
+metrics of Flask's hooks (``app.web``, ``app.metrics``). A status read runs
+outside Flask's contexts altogether (what it needs of the app is taken once, and
+``auth.check`` and ``limits.window`` are the context-free halves of what the
+views call); an app context is pushed only for its errors.
 
 Everything else goes to Flask unchanged: other routes and methods, a query
 string (``?wait=``), every request when ``CORS_ORIGINS`` is set, other bodies;
@@ -31,11 +34,12 @@ from flask import Flask, g
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.errors import ErrandError
-from app.jobs.service import OPEN_ACCESS
+from app.jobs import Jobs
+from app.jobs.service import OPEN_ACCESS, Principal
 from app.log import request_id_of
 from app.metrics import count_submit, observe_request
 from app.web import auth, tasks
-from app.web.limits import rate_limit_headers
+from app.web.limits import rate_limit_headers, window
 from app.web.live import body_and_etag, matches
 from app.web.security import API_HEADERS
 
@@ -64,6 +68,11 @@ class FastPath:
         self.status_prefix = self.status_route.split("<", 1)[0]
         self.max_body = min(tasks.LARGE_BODY, app.config["MAX_CONTENT_LENGTH"])
         self.auth_disabled = app.config["AUTH_DISABLED"]
+        # What a status read needs of the app, taken once: it runs outside Flask's contexts.
+        self.jobs: Jobs = app.extensions["errand.jobs"]
+        self.store = app.extensions["errand.redis"]
+        self.key_cache_seconds = app.config["KEY_CACHE_SECONDS"]
+        self.read_limit = app.config["RATE_LIMIT_READ"]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -72,7 +81,7 @@ class FastPath:
         if method == "POST" and path == self.submit_route:
             answer = self._answer(self._submit, self.submit_route, environ, start_response)
         elif method == "GET" and path.startswith(self.status_prefix):
-            answer = self._answer(self._status, self.status_route, environ, start_response)
+            answer = self._status(environ, start_response)
         else:
             return self.flask(environ, start_response)
         return self.flask(environ, start_response) if answer is None else answer
@@ -115,13 +124,16 @@ class FastPath:
             response = self.app.finalize_request(self.app.handle_user_exception(error))
             return response(environ, start_response)  # type: ignore[no-any-return]
 
+    def _caller(self, environ: dict[str, Any]) -> Principal | None:
+        """Who calls, as ``app.web.auth`` decides it; None for Flask to answer (a 401)."""
+        if self.auth_disabled:
+            return OPEN_ACCESS
+        key = auth.bearer(environ.get("HTTP_AUTHORIZATION", ""))
+        return auth.check(key, self.store, self.key_cache_seconds) if key is not None else None
+
     def _principal(self, environ: dict[str, Any]) -> None:
         """Who calls, in ``g.principal`` as ``app.web.auth`` keeps it; Flask answers a 401."""
-        if self.auth_disabled:
-            g.principal = OPEN_ACCESS
-            return
-        key = auth.bearer(environ.get("HTTP_AUTHORIZATION", ""))
-        principal = auth.verify(key) if key is not None else None
+        principal = self._caller(environ)
         if principal is None:
             raise FallThrough
         g.principal = principal
@@ -150,17 +162,47 @@ class FastPath:
         headers = [JSON, ("Content-Length", str(len(body))), *tasks.task_headers(task, etag, True)]
         return ACCEPTED, body, headers
 
-    def _status(self, environ: dict[str, Any]) -> tuple[str, bytes, list[tuple[str, str]]]:
+    def _status(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes] | None:
+        """A status read, as ``tasks.status`` answers it, without Flask's contexts.
+
+        It reads what ``tasks.read`` reads (the key, the read window, the job service's
+        one script) from what ``__init__`` took of the app; an app context is pushed
+        only for an error, which Flask's handlers answer as they would the view's.
+        """
+        started = time.perf_counter()
         task_id = environ["PATH_INFO"][len(self.status_prefix) :]
         if not tasks.is_task_id(task_id):
-            raise FallThrough  # Flask's 404 (or another route's answer)
-        self._principal(environ)
-        task = tasks.read(task_id, _remote(environ))
+            return None  # Flask's 404 (or another route's answer)
+        request_id = request_id_of(environ.get("HTTP_X_REQUEST_ID", ""))
+        principal = None
+        try:
+            principal = self._caller(environ)
+            if principal is None:
+                return None  # Flask's 401
+            limit = window("read", self.read_limit, principal, _remote(environ))
+            task, usage = self.jobs.read(principal, task_id, limit)
+        except Exception as error:  # answered as Flask answers a view's
+            with self.app.app_context() as context:
+                state = context.g
+                state.started, state.request_id = started, request_id
+                if principal is not None:
+                    state.principal = principal
+                return self._error(error, environ, start_response)
         body, etag = body_and_etag(task)
         if matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
-            return NOT_MODIFIED, b"", [("ETag", etag)]
-        headers = [JSON, ("Content-Length", str(len(body))), *tasks.task_headers(task, etag)]
-        return OK, body, headers
+            status, body, headers = NOT_MODIFIED, b"", [("ETag", etag)]
+        else:
+            status = OK
+            headers = [JSON, ("Content-Length", str(len(body))), *tasks.task_headers(task, etag)]
+        if limit is not None and usage is not None:
+            headers += rate_limit_headers(limit, usage)
+        headers += API_HEADERS
+        headers.append(("X-Request-ID", request_id))
+        observe_request("GET", self.status_route, int(status[:3]), started)
+        start_response(status, headers)
+        return [body]
 
 
 def _remote(environ: dict[str, Any]) -> str:

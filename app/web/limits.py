@@ -20,6 +20,7 @@ from flask import Response, current_app, g, request
 
 from app import store
 from app.errors import RateLimited
+from app.jobs.service import Principal
 from app.store import keys
 from app.store.quotas import Quota, Usage, hit
 from app.web.auth import PUBLIC
@@ -39,11 +40,21 @@ def quota(name: str, remote_addr: str | None = None) -> Quota | None:
     A window is per key; with ``AUTH_DISABLED``, per client address (``remote_addr``,
     by default the current request's).
     """
-    setting = current_app.config[SETTINGS[name]]
     principal = g.get("principal")
-    if setting is None or principal is None:
+    if principal is None:
         return None
-    owner = principal.key_id or f"ip:{request.remote_addr if remote_addr is None else remote_addr}"
+    if not principal.key_id and remote_addr is None:
+        remote_addr = request.remote_addr
+    return window(name, current_app.config[SETTINGS[name]], principal, remote_addr)
+
+
+def window(
+    name: str, setting: tuple[int, int] | None, principal: Principal, remote_addr: str | None
+) -> Quota | None:
+    """``quota`` with the setting and the caller given: no Flask context needed."""
+    if setting is None:
+        return None
+    owner = principal.key_id or f"ip:{remote_addr}"
     found = _quotas.get((name, owner, setting))
     if found is None:
         if len(_quotas) >= QUOTA_CACHE_SIZE:  # owners may be client addresses: bounded
