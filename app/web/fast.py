@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, g
+from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.errors import ErrandError
@@ -38,6 +38,7 @@ from app.jobs import Jobs
 from app.jobs.service import OPEN_ACCESS, Principal
 from app.log import request_id_of
 from app.metrics import count_submit, observe_request
+from app.tasks.registry import Registry
 from app.web import auth, tasks
 from app.web.limits import rate_limit_headers, window
 from app.web.live import body_and_etag, matches
@@ -73,6 +74,8 @@ class FastPath:
         self.store = app.extensions["errand.redis"]
         self.key_cache_seconds = app.config["KEY_CACHE_SECONDS"]
         self.read_limit = app.config["RATE_LIMIT_READ"]
+        self.submit_limit = app.config["RATE_LIMIT_SUBMIT"]
+        self.registry: Registry = app.extensions["errand.task_types"]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -88,7 +91,7 @@ class FastPath:
 
     def _answer(
         self,
-        handler: Callable[[dict[str, Any]], tuple[str, bytes, list[tuple[str, str]]]],
+        handler: Callable[[dict[str, Any], Any], tuple[str, bytes, list[tuple[str, str]]]],
         route: str,
         environ: dict[str, Any],
         start_response: StartResponse,
@@ -99,7 +102,7 @@ class FastPath:
             state.started = time.perf_counter()
             state.request_id = request_id_of(environ.get("HTTP_X_REQUEST_ID", ""))
             try:
-                status, body, headers = handler(environ)
+                status, body, headers = handler(environ, state)
             except FallThrough:
                 return None
             except Exception as error:  # answered as Flask answers a view's
@@ -131,14 +134,14 @@ class FastPath:
         key = auth.bearer(environ.get("HTTP_AUTHORIZATION", ""))
         return auth.check(key, self.store, self.key_cache_seconds) if key is not None else None
 
-    def _principal(self, environ: dict[str, Any]) -> None:
-        """Who calls, in ``g.principal`` as ``app.web.auth`` keeps it; Flask answers a 401."""
-        principal = self._caller(environ)
-        if principal is None:
-            raise FallThrough
-        g.principal = principal
+    def _submit(
+        self, environ: dict[str, Any], state: Any
+    ) -> tuple[str, bytes, list[tuple[str, str]]]:
+        """A submit, as ``tasks.submit`` answers it, in an app context (``state`` is its ``g``).
 
-    def _submit(self, environ: dict[str, Any]) -> tuple[str, bytes, list[tuple[str, str]]]:
+        The context is there for what a task type's checks read of the app's settings,
+        and for the log lines of a failed submit (their request id); the rest is given.
+        """
         length = environ.get("CONTENT_LENGTH", "")
         if (
             environ.get("CONTENT_TYPE") != "application/json"
@@ -146,18 +149,29 @@ class FastPath:
             or not (length.isascii() and length.isdigit() and 0 < int(length) <= self.max_body)
         ):
             raise FallThrough
-        self._principal(environ)
+        principal = self._caller(environ)
+        if principal is None:
+            raise FallThrough  # Flask's 401
+        state.principal = principal
         raw = environ["wsgi.input"].read(int(length))
         try:
-            submission, task_type = tasks.submission_of(tasks.parse_object(raw))
-            if submission.callback_url is not None:  # its checks are the view's alone
+            submission, task_type = tasks.read_submission(tasks.parse_object(raw), self.registry)
+            # An unknown type's 422 and a callback_url's checks are the view's alone.
+            if task_type is None or submission.callback_url is not None:
                 raise FallThrough
+            state.task_type = submission.task  # for the metrics, as submission_of keeps it
             params = tasks.validated(task_type, submission.params)
             idempotency = tasks.idempotency_key_of(environ.get("HTTP_IDEMPOTENCY_KEY"))
         except (ErrandError, FallThrough):
             environ["wsgi.input"] = io.BytesIO(raw)  # Flask reads the same body
             raise FallThrough from None
-        task = tasks.accept(submission, task_type, params, idempotency, None, _remote(environ))
+        limit = window("submit", self.submit_limit, principal, _remote(environ))
+        task, usage = tasks.submit_as(
+            self.jobs, principal, submission, task_type, params, idempotency, state.request_id,
+            limit,
+        )  # fmt: skip
+        if limit is not None and usage is not None:
+            state.rate = (limit, usage)  # as limits.spent keeps it
         body, etag = body_and_etag(task)
         headers = [JSON, ("Content-Length", str(len(body))), *tasks.task_headers(task, etag, True)]
         return ACCEPTED, body, headers

@@ -20,8 +20,10 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from app.errors import InvalidBody, StoreUnavailable, TaskNotFound, Unprocessable
 from app.jobs import Jobs
 from app.jobs.resource import FINAL_STATES, STATES, decode_cursor
+from app.jobs.service import Principal
 from app.schemas import Filters, Submission
 from app.store import webhooks as delivery
+from app.store.quotas import Quota, Usage
 from app.tasks.registry import Registry, TaskType, validation_errors
 from app.web.auth import current, key_name
 from app.web.limits import quota, spent
@@ -223,12 +225,8 @@ def off_the_loop(func: Callable[..., T], *args: Any) -> T:
 
 def submission_of(body: dict[str, Any]) -> tuple[Submission, TaskType]:
     """A submit's body and its task type, or a 422; ``g.task_type`` names the type for metrics."""
-    try:
-        submission = Submission.model_validate(body)
-    except ValidationError as exc:
-        raise Unprocessable("the submission is not valid", validation_errors(exc)) from None
     registry = task_types()
-    task_type = registry.get(submission.task)
+    submission, task_type = read_submission(body, registry)
     g.task_type = submission.task if task_type else "unknown"
     if task_type is None:
         raise Unprocessable(
@@ -236,6 +234,15 @@ def submission_of(body: dict[str, Any]) -> tuple[Submission, TaskType]:
             [{"loc": ["task"], "msg": "not one of " + ", ".join(sorted(registry))}],
         )
     return submission, task_type
+
+
+def read_submission(body: dict[str, Any], registry: Registry) -> tuple[Submission, TaskType | None]:
+    """A submit's body (or a 422) and its task type in ``registry`` (None: no such type)."""
+    try:
+        submission = Submission.model_validate(body)
+    except ValidationError as exc:
+        raise Unprocessable("the submission is not valid", validation_errors(exc)) from None
+    return submission, registry.get(submission.task)
 
 
 def accept(
@@ -247,21 +254,39 @@ def accept(
     remote_addr: str | None = None,
 ) -> dict[str, Any]:
     """Submit for the caller, counted in its submit window: the task resource (or an error)."""
-    options = submission.options.model_dump(exclude_none=True)
     limit = quota("submit", remote_addr)
-    task, usage = jobs().submit(
-        current(),
+    task, usage = submit_as(
+        jobs(), current(), submission, task_type, params, idempotency, g.get("request_id", ""),
+        limit, fields,
+    )  # fmt: skip
+    if limit is not None:
+        spent(limit, usage)
+    return task
+
+
+def submit_as(
+    service: Jobs,
+    principal: Principal,
+    submission: Submission,
+    task_type: TaskType,
+    params: BaseModel,
+    idempotency: str | None,
+    request_id: str,
+    limit: Quota | None,
+    fields: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], Usage | None]:
+    """``accept`` with the service, the caller and its window given, and what the window left."""
+    options = submission.options.model_dump(exclude_none=True)
+    return service.submit(
+        principal,
         task_type,
         params.model_dump(mode="json"),
         options,
         idempotency,
-        g.get("request_id", ""),
+        request_id,
         quota=limit,
         fields=fields,
     )
-    if limit is not None:
-        spent(limit, usage)
-    return task
 
 
 @bp.post("/tasks")
