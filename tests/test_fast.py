@@ -81,9 +81,8 @@ class World:
         self.etags: dict[str, str] = {}  # the last ETag seen of each task
         self.named = Names()
         self.wrong_key = f"erd_{secrets.token_hex(6)}_wrong"  # each app caches its own lookups
-        for script in vars(scripts).values():  # loaded: both apps run EVALSHA alike
-            if isinstance(script, scripts.Script):
-                self.redis.script_load(script.text)
+        for script in scripts.Script.made:  # loaded: both apps run EVALSHA alike
+            self.redis.script_load(script.text)
         self.flask_requests = 0
         self.redis_up = True
         request_started.connect(self._count, self.app, weak=False)

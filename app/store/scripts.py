@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from hiredis import pack_command  # redis-py's own packer with hiredis, without its checks
@@ -52,6 +52,8 @@ class Script:
     raises ``ReplicasBehind`` (the API's 503), its writes left on the primary.
     """
 
+    made: ClassVar[list[Script]] = []  # every script, wherever it is defined (``records.STATUS``)
+
     def __init__(
         self,
         name: str,
@@ -60,6 +62,7 @@ class Script:
     ) -> None:
         self.name = name
         self.acknowledged = acknowledged
+        Script.made.append(self)
         text = _source(f"lua/{name}.lua")
         self.text = _LIST.sub(lambda found: _lua_list(found[1], lists or {}), text)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
