@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from app.store import connect, scripts
 from tests.sentinels import (
     SERVICE,
     Load,
@@ -269,3 +270,23 @@ def test_beat_and_a_waiting_client_follow_the_new_primary(tmp_path: Path) -> Non
             except AssertionError:
                 raise AssertionError(beat.log.read_text()[-3000:]) from None
             assert beat.proc is not None and beat.proc.poll() is None  # never restarted
+
+
+def test_a_script_call_after_the_switch_reaches_the_new_primary_at_once(tmp_path: Path) -> None:
+    # A pooled connection to the killed primary is mended on the primary the sentinels
+    # name now, in the same call (send_packed_command's own reconnect would go back to
+    # the old address: the first status read after a switch answered 503).
+    with SentinelSet(tmp_path / "redis", replicas=2) as redis_set:
+        client = connect(
+            redis_set.url,
+            {"REDIS_TIMEOUT": "1", "REDIS_SENTINEL_MASTER": SERVICE, "REDIS_SENTINEL_KWARGS": {}},
+            max_connections=1,
+        )
+        assert scripts.call(client, "PING") == b"PONG"  # its one connection, to this primary
+        old = redis_set.primary()
+        old.kill()
+        redis_set.wait_new_primary(old.port)
+        assert scripts.call(client, "SET", "after-switch", "1") == b"OK"
+        assert int(scripts.call(client, "INFO", "server").split(b"tcp_port:")[1].split()[0]) == (
+            redis_set.primary_port()
+        )

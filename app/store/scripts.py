@@ -111,7 +111,10 @@ def call(client: redis.Redis, *command: Any) -> Any:
             answer = connection.read_response()
         except RETRIED:
             connection.disconnect()
-            connection.send_packed_command(packed)  # connects anew
+            # connect() itself: a Sentinel connection asks for the primary there, while
+            # send_packed_command's own reconnect would go back to the address it had.
+            connection.connect()
+            connection.send_packed_command(packed)
             answer = connection.read_response()
         setattr(connection, READ_ALL, True)  # its next user need not poll it
         return answer
